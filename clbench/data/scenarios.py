@@ -1,0 +1,136 @@
+"""Cutting a dataset into a stream of experiences.
+
+Class-incremental: the classes, in a seeded order, are split into ``steps``
+groups; experience t holds the images of its group. Domain-incremental: one
+experience per visual domain, every class in each. The class order and the
+classifier used to score each (step, test set) pair live here, so the Learner
+and the metrics agree on them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from .base import Dataset, ImageSet
+
+CLASS_INCREMENTAL = "class_incremental"
+DOMAIN_INCREMENTAL = "domain_incremental"
+
+
+@dataclass
+class Experience:
+    index: int
+    classes: list[int]  # the classes whose training images this experience holds
+    train: ImageSet
+    test: ImageSet
+    domain: str | None = None
+
+
+@dataclass
+class Stream:
+    label: str
+    scenario: str
+    dataset: Dataset
+    experiences: list[Experience]
+    class_order: list[int]  # the stream's classes in order (held-out control classes excluded)
+    control: ImageSet | None = None  # test images of classes kept out of the stream
+    control_classes: list[int] = field(default_factory=list)
+
+    def seen(self, t: int) -> list[int]:
+        """Classes of experiences 0..t, in stream order."""
+        if self.scenario == DOMAIN_INCREMENTAL:
+            return list(self.class_order)
+        return [c for exp in self.experiences[: t + 1] for c in exp.classes]
+
+    def eval_classes(self, t: int, j: int) -> list[int]:
+        """The classifier's label space for experience j's test set after step t.
+
+        Task-agnostic: the seen classes. For an experience not yet trained
+        (j > t) its own classes are added, so CLIP's zero-shot transfer to
+        upcoming classes (forward transfer) can be measured at all.
+        """
+        classes = self.seen(t)
+        if j > t:
+            classes = classes + [c for c in self.experiences[j].classes if c not in classes]
+        return classes
+
+    @property
+    def class_order_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.class_order).encode()).hexdigest()[:16]
+
+
+def resolve_class_order(dataset: Dataset, seed: int, explicit: list[int] | None, where: str) -> list[int]:
+    if explicit is None:
+        return dataset.class_order(seed)
+    n = dataset.num_classes
+    if sorted(explicit) != list(range(n)):
+        raise UserError(f"{where}.class_order: must be a permutation of 0..{n - 1} for dataset '{dataset.name}'")
+    return list(explicit)
+
+
+def split_evenly(items: list[int], parts: int) -> list[list[int]]:
+    """Contiguous chunks whose sizes differ by at most one (larger ones first)."""
+    q, r = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = q + (1 if i < r else 0)
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def build_stream(
+    dataset: Dataset,
+    scenario: str,
+    seed: int,
+    label: str,
+    steps: int | None = None,
+    class_order: list[int] | None = None,
+    domains: list[str] | None = None,
+    holdout_classes: int = 0,
+    where: str = "stream",
+) -> Stream:
+    order = resolve_class_order(dataset, seed, class_order, where)
+    if holdout_classes >= len(order):
+        raise UserError(f"{where}.holdout_classes: {holdout_classes} leaves no class for the stream ({len(order)} classes)")
+    control_classes = order[len(order) - holdout_classes :] if holdout_classes else []
+    order = order[: len(order) - holdout_classes]
+
+    domain_ids = None
+    if domains is not None:
+        names = dataset.domain_names or []
+        missing = [d for d in domains if d not in names]
+        if missing:
+            raise UserError(f"{where}.domains: unknown domain '{missing[0]}' for dataset '{dataset.name}'; it has {names or 'no domains'}")
+        domain_ids = [names.index(d) for d in domains]
+    train = dataset.train if domain_ids is None else dataset.train.where(domains=domain_ids)
+    test = dataset.test if domain_ids is None else dataset.test.where(domains=domain_ids)
+
+    experiences = []
+    if scenario == CLASS_INCREMENTAL:
+        steps = steps or 1
+        if steps > len(order):
+            raise UserError(f"{where}.steps: {steps} steps but the stream has only {len(order)} classes; use at most {len(order)}")
+        for t, group in enumerate(split_evenly(order, steps)):
+            experiences.append(Experience(t, group, train.where(classes=group), test.where(classes=group)))
+    elif scenario == DOMAIN_INCREMENTAL:
+        names = dataset.domain_names
+        if not names:
+            raise UserError(f"{where}.scenario: dataset '{dataset.name}' has no domains; use class_incremental")
+        ids = domain_ids if domain_ids is not None else list(range(len(names)))
+        if steps is not None and steps != len(ids):
+            raise UserError(f"{where}.steps: a domain-incremental stream has one step per domain ({len(ids)}); drop 'steps'")
+        for t, d in enumerate(ids):
+            experiences.append(
+                Experience(t, list(order), train.where(classes=order, domains=[d]), test.where(classes=order, domains=[d]), names[d])
+            )
+    else:
+        raise UserError(f"{where}.scenario: unknown scenario '{scenario}'; use {CLASS_INCREMENTAL} or {DOMAIN_INCREMENTAL}")
+
+    for exp in experiences:
+        if len(exp.train) == 0 or len(exp.test) == 0:
+            raise UserError(f"{where}: experience {exp.index} has no {'training' if len(exp.train) == 0 else 'test'} images")
+    control = test.where(classes=control_classes) if control_classes else None
+    return Stream(label, scenario, dataset, experiences, order, control, control_classes)

@@ -1,0 +1,157 @@
+"""A procedural image world: coloured shapes, generated from a seed, no files.
+
+It lets every test and a first demo run offline. Each class is a colour and a
+shape ("red circle"); images vary in position, scale, rotation, colour and
+background; visual domains (clean, noisy, inverted, sketch) change appearance
+but never the class, so the same world serves class- and domain-incremental
+streams. The same seed always gives the same pixels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clbench import hookimpl
+
+from .base import Dataset, InMemoryImageSet
+
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 220, 50),
+    "purple": (140, 60, 180), "orange": (240, 140, 30), "cyan": (50, 210, 220), "pink": (240, 130, 190),
+    "white": (245, 245, 245), "brown": (130, 80, 40),
+}
+SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "bar")
+DOMAINS = ("clean", "noisy", "inverted", "sketch")
+TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}.", "an image of a {}.")
+MAX_CLASSES = len(COLOURS) * len(SHAPES)
+_SPLIT_SALT = {"train": 1, "test": 2}
+
+
+def class_parts(k: int) -> tuple[str, str]:
+    """Class k's (colour, shape): consecutive classes vary both, and k < 70 is a bijection."""
+    colour = k % len(COLOURS)
+    shape = (k // len(COLOURS) + colour) % len(SHAPES)
+    return list(COLOURS)[colour], SHAPES[shape]
+
+
+def class_name(k: int) -> str:
+    return " ".join(class_parts(k))
+
+
+def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    au, av = u.abs(), v.abs()
+    if shape == "circle":
+        return u * u + v * v < 1.0
+    if shape == "square":
+        return torch.maximum(au, av) < 0.8
+    if shape == "triangle":
+        return (v < 0.75) & (1.5 * au - v < 0.85)
+    if shape == "cross":
+        return ((au < 0.28) & (av < 0.95)) | ((av < 0.28) & (au < 0.95))
+    if shape == "ring":
+        r2 = u * u + v * v
+        return (r2 < 1.0) & (r2 > 0.4)
+    if shape == "diamond":
+        return au + av < 1.0
+    if shape == "bar":
+        return (au < 1.0) & (av < 0.3)
+    raise ValueError(shape)
+
+
+def render(labels: torch.Tensor, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean images (N, 3, size, size) uint8 for ``labels``, and their shape masks."""
+    n, hi = len(labels), 2 * size  # draw at twice the size, then average: smooth edges
+    axis = torch.linspace(-1, 1, hi)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    cx, cy = (torch.rand(2, n, 1, 1, generator=generator) - 0.5) * 0.6
+    scale = 0.45 + 0.3 * torch.rand(n, 1, 1, generator=generator)
+    theta = 2 * math.pi * torch.rand(n, 1, 1, generator=generator)
+    dx, dy = x - cx, y - cy
+    u = (dx * torch.cos(theta) + dy * torch.sin(theta)) / scale
+    v = (-dx * torch.sin(theta) + dy * torch.cos(theta)) / scale
+    mask = torch.zeros(n, hi, hi, dtype=torch.bool)
+    colour = torch.empty(n, 3)
+    for i, k in enumerate(labels.tolist()):
+        c, s = class_parts(k)
+        mask[i] = _shape_mask(s, u[i], v[i])
+        colour[i] = torch.tensor(COLOURS[c], dtype=torch.float)
+    colour = (colour + 18 * torch.randn(n, 3, generator=generator)).clamp(0, 255)
+    background = 20 + 60 * torch.rand(n, 1, 1, 1, generator=generator)
+    background = background + 8 * torch.randn(n, 1, hi, hi, generator=generator)
+    m = mask[:, None].float()
+    img = background * (1 - m) + colour[:, :, None, None] * m
+    img = F.avg_pool2d(img, 2)
+    return img.round().clamp(0, 255).to(torch.uint8), F.avg_pool2d(m, 2)[:, 0]
+
+
+def apply_domain(domain: str, clean: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The same objects seen in another visual domain."""
+    if domain == "clean":
+        return clean
+    if domain == "noisy":
+        noise = 45 * torch.randn(clean.shape, generator=generator)
+        return (clean.float() + noise).round().clamp(0, 255).to(torch.uint8)
+    if domain == "inverted":
+        return 255 - clean
+    if domain == "sketch":  # coloured outline on paper
+        m = (mask > 0.5).float()[:, None]
+        edge = (F.max_pool2d(m, 3, 1, 1) - (-F.max_pool2d(-m, 3, 1, 1))).clamp(0, 1)
+        ink = clean.float() * m
+        ink = ink.sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp(min=1)
+        paper = torch.full_like(clean, 235, dtype=torch.float)
+        return (paper * (1 - edge) + ink * edge).round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(domain)
+
+
+class SyntheticOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_classes: int = Field(20, ge=2, le=MAX_CLASSES)
+    train_per_class: int = Field(40, ge=1)  # per class and domain
+    test_per_class: int = Field(20, ge=1)
+    image_size: int = Field(32, ge=8, le=256)
+    world_domains: list[Literal["clean", "noisy", "inverted", "sketch"]] = list(DOMAINS)
+    world_seed: int = 0  # the world's pixels; the cell seed only changes class order and training
+
+    @field_validator("world_domains")
+    @classmethod
+    def _unique(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct domains")
+        return v
+
+
+def _split(opts: SyntheticOptions, split: str, per_class: int) -> InMemoryImageSet:
+    images, labels, domains = [], [], []
+    for d, domain in enumerate(opts.world_domains):
+        g = torch.Generator().manual_seed(opts.world_seed * 1000 + _SPLIT_SALT[split] * 10 + DOMAINS.index(domain))
+        y = torch.arange(opts.num_classes).repeat_interleave(per_class)
+        clean, mask = render(y, opts.image_size, g)
+        images.append(apply_domain(domain, clean, mask, g))
+        labels.append(y)
+        domains.append(torch.full_like(y, d))
+    return InMemoryImageSet(torch.cat(images), torch.cat(labels), torch.cat(domains))
+
+
+def build_synthetic(**options) -> Dataset:
+    opts = SyntheticOptions(**options)
+    return Dataset(
+        name="synthetic",
+        class_names=[class_name(k) for k in range(opts.num_classes)],
+        templates=list(TEMPLATES),
+        train=_split(opts, "train", opts.train_per_class),
+        test=_split(opts, "test", opts.test_per_class),
+        domain_names=list(opts.world_domains),
+    )
+
+
+build_synthetic.Options = SyntheticOptions
+
+
+@hookimpl
+def clbench_add_datasets(register):
+    register("synthetic", build_synthetic)

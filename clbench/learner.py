@@ -1,0 +1,203 @@
+"""The Learner: everything a method shares, so methods stay small and comparable.
+
+It owns the device, mixed precision, the image preprocessing, the forward
+passes (with text features cached while the text tower does not change), the
+training loop, evaluation into accuracy-matrix rows, and the cost meters.
+Methods call it; they never write their own loop unless they must.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .cost import CostMeter
+from .data.base import ImageSet
+from .data.scenarios import Experience, Stream
+from .models import ClipModel
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, Experience], torch.Tensor]
+PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Learner:
+    def __init__(self, clip: ClipModel, stream: Stream, train: TrainConfig, seed: int):
+        self.cfg = train
+        self.device = pick_device(train.device)
+        self.clip = clip
+        self.model = clip.model.to(self.device)
+        self.stream = stream
+        self.dataset = stream.dataset
+        self.generator = torch.Generator().manual_seed(seed)  # data order, independent of model init
+        self.cost = CostMeter()
+        self.amp_dtype = self._amp_dtype(train.amp)
+        self._mean = torch.tensor(clip.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(clip.std, device=self.device).view(1, 3, 1, 1)
+        self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self.last_train_loss: float | None = None
+
+    # --- precision and preprocessing ---------------------------------------
+    def _amp_dtype(self, amp: str) -> torch.dtype | None:
+        if amp == "none" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        return torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> the model's input: resized and CLIP-normalised, on the device."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        size = self.clip.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        return (x - self._mean) / self._std
+
+    # --- forward passes -----------------------------------------------------
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=100)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features of preprocessed images."""
+        return F.normalize(self.model.encode_image(images).float(), dim=-1)
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.clip.tokenizer(texts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def class_features(self, classes: Iterable[int], template: int | None = None, grad: bool = False) -> torch.Tensor:
+        """Text features (len(classes), D) of class prompts.
+
+        ``template=None`` averages every template of the dataset (CLIP's prompt
+        ensemble); an int uses that template alone. Without ``grad`` the
+        features are cached until the text tower next changes.
+        """
+        classes = [int(c) for c in classes]
+        if grad:
+            return self._class_features(classes, template)
+        key = "all" if template is None else str(template)
+        missing = [c for c in classes if (c, key) not in self._text_cache]
+        if missing:
+            with torch.no_grad(), self.autocast():
+                feats = self._class_features(missing, template)
+            self._text_cache.update({(c, key): f for c, f in zip(missing, feats)})
+        return torch.stack([self._text_cache[(c, key)] for c in classes])
+
+    def _class_features(self, classes: list[int], template: int | None) -> torch.Tensor:
+        templates = self.dataset.templates if template is None else [self.dataset.templates[template]]
+        names = self.dataset.class_names
+        prompts = [t.format(names[c]) for c in classes for t in templates]
+        feats = self.encode_texts(prompts).view(len(classes), len(templates), -1).mean(1)
+        return F.normalize(feats, dim=-1)
+
+    def zero_shot_logits(self, images: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        """CLIP's rule: scaled cosine similarity to each class's prompt ensemble."""
+        return self.logit_scale * self.encode_images(images) @ self.class_features(classes).t()
+
+    def text_tower_changed(self) -> None:
+        """Drop cached text features; fit() calls this after steps that touch the text tower."""
+        self._text_cache.clear()
+
+    def _text_trainable(self) -> bool:
+        return any(p.requires_grad for n, p in self.model.named_parameters() if not n.startswith("visual."))
+
+    # --- training -----------------------------------------------------------
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit scale
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=self.device.type == "cuda" or None)
+
+    def make_schedule(self, optimizer, total_steps: int):
+        warmup = self.cfg.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if self.cfg.schedule == "constant":
+                return 1.0
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def fit(self, exp: Experience, loss_fn: LossFn, data: ImageSet | None = None, epochs: int | None = None) -> None:
+        """The shared loop: epochs over ``data`` (default: the experience's training set)."""
+        data = exp.train if data is None else data
+        epochs = self.cfg.epochs if epochs is None else epochs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.make_optimizer(params)
+        steps_per_epoch = math.ceil(len(data) / self.cfg.batch_size)
+        schedule = self.make_schedule(optimizer, epochs * steps_per_epoch)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        text_trainable = self._text_trainable()
+        total_loss = torch.zeros((), device=self.device)
+        self.model.train()
+        with self.cost.timing("train", self.device):
+            for _ in range(epochs):
+                for images, labels in data.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
+                    x = self.preprocess(images)
+                    y = labels.to(self.device, non_blocking=True)
+                    with self.autocast():
+                        loss = loss_fn(x, y, exp)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if self.cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    schedule.step()
+                    total_loss += loss.detach().float()
+                    self.cost.train_images += len(labels)
+                    if text_trainable:
+                        self.text_tower_changed()
+        self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
+
+    # --- evaluation ---------------------------------------------------------
+    @torch.no_grad()
+    def accuracy(self, predict: PredictFn, data: ImageSet, classes: list[int]) -> float:
+        """Top-1 accuracy of ``predict`` on ``data`` with the label space ``classes``."""
+        self.model.eval()
+        class_ids = torch.tensor(classes, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        with self.cost.timing("eval", self.device):
+            for images, labels in data.batches(self.cfg.eval_batch_size):
+                with self.autocast():
+                    scores = predict(self.preprocess(images), classes)
+                predicted = class_ids[scores.argmax(dim=1)]
+                correct += (predicted == labels.to(self.device)).sum()
+                self.cost.eval_images += len(labels)
+        return int(correct) / len(data)
+
+    def evaluate(self, predict: PredictFn, t: int) -> list[float]:
+        """Row t of the accuracy matrix: every experience's test set after step t."""
+        return [self.accuracy(predict, exp.test, self.stream.eval_classes(t, exp.index)) for exp in self.stream.experiences]
+
+    def evaluate_initial(self) -> list[float]:
+        """Z[j]: the untouched model's zero-shot accuracy on experience j, scored as A[j-1][j] will be."""
+        return [
+            self.accuracy(self.zero_shot_logits, exp.test, self.stream.eval_classes(exp.index - 1, exp.index))
+            for exp in self.stream.experiences
+        ]
+
+    def control_accuracy(self) -> float | None:
+        """Zero-shot accuracy on the held-out control classes, or None without a control set."""
+        if self.stream.control is None:
+            return None
+        return self.accuracy(self.zero_shot_logits, self.stream.control, self.stream.control_classes)

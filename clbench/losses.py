@@ -1,0 +1,39 @@
+"""CLIP objectives shared by the built-in methods and reusable by plugins.
+
+All take L2-normalised image features (B, D), the batch's global labels,
+text features of a class list (C, D) with those classes' global ids, and
+CLIP's logit scale.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def positions(classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """For each label, its index in ``classes`` (every label must be present)."""
+    table = torch.full((int(torch.max(classes.max(), labels.max())) + 1,), -1, dtype=torch.long, device=labels.device)
+    table[classes] = torch.arange(len(classes), device=labels.device)
+    return table[labels]
+
+
+def contrastive_loss(image_features, labels, text_features, classes, logit_scale) -> torch.Tensor:
+    """FLYP-style symmetric InfoNCE between images and their class prompts.
+
+    ``classes`` are the distinct classes of the batch, so images of the same
+    class share one prompt: image->text is a softmax over those prompts, and
+    text->image treats every image of the prompt's class as a positive.
+    """
+    logits = logit_scale * image_features @ text_features.t()  # (B, C)
+    target = positions(classes, labels)
+    image_to_text = F.cross_entropy(logits, target)
+    per_text = logits.t()  # (C, B)
+    positive = classes[:, None] == labels[None, :]
+    text_to_image = torch.logsumexp(per_text, dim=1) - torch.logsumexp(per_text.masked_fill(~positive, float("-inf")), dim=1)
+    return (image_to_text + text_to_image.mean()) / 2
+
+
+def cross_entropy_loss(image_features, labels, text_features, classes, logit_scale) -> torch.Tensor:
+    """Cross-entropy over s(x, c) for c in ``classes`` (the seen classes)."""
+    logits = logit_scale * image_features @ text_features.t()
+    return F.cross_entropy(logits, positions(classes, labels))

@@ -1,0 +1,57 @@
+"""Provenance for a record: which code, packages and hardware produced it."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata as md
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+import clbench
+
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pluggy", "pydantic", "pandas")
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the clbench checkout, with '+dirty' if it has local changes; None if not in git."""
+    here = Path(clbench.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def manifest(device: torch.device, seed: int) -> dict:
+    return {
+        "clbench_version": clbench.__version__,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "device": device_name(device),
+        "seed": seed,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,66 @@
+"""The Method API: what a continual-learning method is to the harness.
+
+A method is a small class. It declares its hyper-parameters as a ``Params``
+model (defaults and validation in one place, so a suite can reach every one),
+and the Learner gives it everything that is shared: the model, forward passes,
+the training loop, evaluation and cost meters. A fresh instance runs each cell.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data.scenarios import Experience
+    from .learner import Learner
+
+
+class Params(BaseModel):
+    """Base for a method's hyper-parameters: unknown keys are errors, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Method:
+    #: the name suites use; must be unique across installed plugins
+    name: ClassVar[str] = ""
+    #: the hyper-parameters a suite may set under this method's entry
+    Params: ClassVar[type[Params]] = Params
+    #: False for methods that never update the model (their cells skip fit())
+    trains: ClassVar[bool] = True
+
+    def __init__(self, params: Params, learner: "Learner"):
+        self.params = params
+        self.learner = learner
+
+    # --- the cell's life cycle ----------------------------------------------
+    def before_experience(self, exp: "Experience") -> None:
+        """Called before training on ``exp``."""
+
+    def train(self, exp: "Experience") -> None:
+        """Learn from ``exp``. The default runs the shared loop on ``self.loss``."""
+        self.learner.fit(exp, self.loss)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, exp: "Experience") -> torch.Tensor:
+        """The objective on one (preprocessed) batch; labels are global class ids."""
+        raise NotImplementedError(f"method '{self.name}' must implement loss() or override train()")
+
+    def after_experience(self, exp: "Experience") -> None:
+        """Called after training on ``exp`` and before it is evaluated."""
+
+    def predict(self, images: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        """Scores of shape (batch, len(classes)); the default is CLIP's zero-shot rule."""
+        return self.learner.zero_shot_logits(images, classes)
+
+    # --- what goes into the record and what resume needs ---------------------
+    def record_extras(self) -> dict[str, Any]:
+        """JSON-serialisable facts about this run to store in the record."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

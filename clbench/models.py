@@ -1,0 +1,99 @@
+"""Building CLIP models through open_clip, offline-friendly.
+
+A suite names a model as ``arch`` + ``pretrained``: an open_clip tag
+(``ViT-B-16`` + ``openai``), a local checkpoint file, nothing (random init,
+for tests), or ``arch: local-dir:/path`` with an ``open_clip_config.json``
+beside the weights. clbench's own tiny configs (``clbench-tiny-32``) are
+registered with open_clip at import, so tests and demos need no download.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from .errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass
+class ClipModel:
+    """An open_clip model with what the Learner needs to feed it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    arch: str
+    pretrained: str | None
+
+
+def _image_size(model) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def build_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipModel:
+    """The model for a suite's ``model:`` section, or a one-line UserError saying what to fix."""
+    is_local_dir = arch.startswith("local-dir:")
+    if not is_local_dir and arch.replace("/", "-") not in open_clip.list_models():
+        from .registry import did_you_mean
+
+        raise UserError(
+            f"model.arch: unknown architecture '{arch}'{did_you_mean(arch, open_clip.list_models())}; "
+            f"see open_clip.list_models(), or use 'local-dir:/path' with an open_clip_config.json"
+        )
+    if is_local_dir and not Path(arch[len("local-dir:"):]).expanduser().is_dir():
+        raise UserError(f"model.arch: folder '{arch[len('local-dir:'):]}' not found; it must hold open_clip_config.json and the weights")
+    if pretrained in (None, "", "none"):
+        pretrained = None
+    elif not is_local_dir and _looks_like_path(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise UserError(f"model.pretrained: checkpoint file '{pretrained}' not found; put the weights there or fix the path")
+        pretrained = str(path)
+    elif not is_local_dir and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise UserError(
+            f"model.pretrained: '{pretrained}' is neither a checkpoint file nor a known tag for {arch}; "
+            f"tags: {', '.join(tags) or 'none'}"
+        )
+    try:
+        with _quiet_open_clip():
+            model = open_clip.create_model(
+                arch, pretrained=None if is_local_dir else pretrained, device=device, weights_only=True
+            )
+    except (RuntimeError, OSError, ValueError) as exc:
+        where = "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)"
+        raise UserError(
+            f"model: could not load weights for {arch} / {pretrained}: {exc}. Without internet, download them "
+            f"once elsewhere into {where}, or pass the checkpoint file as model.pretrained"
+        ) from exc
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    return ClipModel(model, open_clip.get_tokenizer(arch), _image_size(model), mean, std, arch, pretrained)
+
+
+class _quiet_open_clip:
+    """open_clip logs a warning for every randomly initialised model; tests make hundreds."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger()
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False

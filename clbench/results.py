@@ -1,0 +1,70 @@
+"""The results folder: one JSON record per cell, written atomically.
+
+A record is written to a temporary file in the same folder, flushed to disk,
+then renamed over its final name, so a reader sees either the old record or
+the new one, never half of one. A cell whose record says ``done`` is never
+run again; ``failed`` cells are kept with their error and run again on request.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+RECORDS = "records"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultStore:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.records_dir = self.root / RECORDS
+
+    def path(self, cell_id: str) -> Path:
+        return self.records_dir / f"{cell_id}.json"
+
+    def write(self, record: dict) -> Path:
+        path = self.path(record["cell_id"])
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        return path
+
+    def read(self, cell_id: str) -> dict | None:
+        path = self.path(cell_id)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None  # unreadable: treated as missing, so the cell runs again
+
+    def status(self, cell_id: str) -> str | None:
+        record = self.read(cell_id)
+        return None if record is None else record.get("status")
+
+    def is_done(self, cell_id: str) -> bool:
+        return self.status(cell_id) == "done"
+
+    def records(self) -> Iterator[dict]:
+        """Every readable record, in file-name order."""
+        if not self.records_dir.is_dir():
+            return
+        for path in sorted(self.records_dir.glob("*.json")):
+            try:
+                yield json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue

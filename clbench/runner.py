@@ -1,0 +1,94 @@
+"""Running one cell: build its stream, model and method, train through the stream, write its record."""
+from __future__ import annotations
+
+import random
+import traceback
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .cost import CostMeter
+from .data.scenarios import build_stream
+from .errors import UserError
+from .learner import Learner, pick_device
+from .manifest import manifest
+from .metrics import METRICS, compute_metrics
+from .models import build_clip
+from .suite import Cell
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_cell_stream(cell: Cell, plugins):
+    cfg = cell.config["stream"]
+    factory = plugins.datasets.get(cfg["dataset"])
+    dataset = factory(**cfg["options"])
+    return build_stream(
+        dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
+        domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=f"stream '{cell.stream_label}'",
+    )
+
+
+def _base_record(cell: Cell) -> dict:
+    return {
+        "cell_id": cell.cell_id, "config": cell.config, "method": cell.method, "variant": cell.variant,
+        "stream": cell.stream_label, "seed": cell.seed,
+    }
+
+
+def run_cell(cell: Cell, plugins, progress=None) -> dict:
+    """The cell's record; a failure inside the cell becomes a ``failed`` record, bad input a UserError."""
+    seed_everything(cell.seed)
+    train = TrainConfig(**cell.config["train"])
+    record = _base_record(cell)
+    record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
+    learner, method, step = None, None, None
+    try:
+        stream = build_cell_stream(cell, plugins)
+        record.update(
+            class_order=stream.class_order, class_order_hash=stream.class_order_hash,
+            experiences=[{"classes": e.classes, "domain": e.domain, "train_size": len(e.train), "test_size": len(e.test)} for e in stream.experiences],
+        )
+        clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device))
+        learner = Learner(clip, stream, train, cell.seed)
+        method_cls = plugins.methods.get(cell.method)
+        method = method_cls(method_cls.Params(**cell.params), learner)
+        initial = learner.evaluate_initial()
+        control_before = learner.control_accuracy()
+        rows, losses = record["acc_matrix"], []
+        for step, exp in enumerate(stream.experiences):
+            method.before_experience(exp)
+            if method_cls.trains:
+                method.train(exp)
+            method.after_experience(exp)
+            losses.append(learner.last_train_loss if method_cls.trains else None)
+            rows.append(learner.evaluate(method.predict, step))
+            plugins.experience_end(cell=cell, step=step, acc_row=rows[-1], learner=learner)
+            if progress:
+                progress.experience_done(cell, step, len(stream.experiences))
+        step = None
+        control_after = learner.control_accuracy()
+        sizes = [len(e.test) for e in stream.experiences]
+        record.update(
+            status="done", initial_acc=initial, train_loss=losses,
+            control_acc={"before": control_before, "after": control_after},
+            metrics=compute_metrics(rows, sizes, initial, control_before, control_after),
+            method_state=method.record_extras(),
+        )
+    except UserError:
+        raise
+    except Exception as exc:  # a broken cell must not stop the grid
+        record.update(
+            status="failed", error=f"{type(exc).__name__}: {exc}", failed_at_experience=step,
+            traceback=traceback.format_exc(limit=20),
+        )
+    buffer_summary = getattr(method, "buffer_summary", None)
+    record["buffer"] = buffer_summary() if buffer_summary else {"exemplars": 0, "bytes": 0}
+    record["cost"] = (learner.cost if learner else CostMeter()).summary()
+    record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed)
+    return record

@@ -1,0 +1,291 @@
+"""Suites: YAML -> a validated, frozen grid of cells.
+
+A suite names a model, training settings, streams, methods and seeds. A list
+under a method key is a grid axis. ``include:`` pulls in base suites (paths
+relative to the including file; this file's keys win). Every problem is a
+``UserError`` naming the file and the key, e.g.
+``suites/x.yaml: methods[1].lr: Input should be greater than 0``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, TrainConfig
+from .errors import UserError
+from .metrics import METRICS
+from .registry import did_you_mean
+
+TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor")
+METHOD_KEYS = ("name", "train")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One job: a method variant on a stream with a model and a seed."""
+
+    cell_id: str
+    method: str
+    variant: str  # the method's row label in tables, e.g. "finetune (loss=ce)"
+    stream_label: str
+    seed: int
+    config: dict  # fully resolved; cell_id is its hash
+
+    @property
+    def params(self) -> dict:
+        return self.config["params"]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    cells: tuple[Cell, ...]
+    report: ReportConfig
+    executor: str
+
+
+def cell_id_of(config: dict) -> str:
+    """A stable id: the hash of the canonical JSON of the resolved config."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- reading YAML -------------------------------------------------------------
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: suite file not found")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read YAML: {exc}") from None
+    if data is None:
+        raise UserError(f"{path}: the suite is empty; it needs at least 'streams' and 'methods'")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a suite must be a mapping of keys (name, model, streams, methods, ...)")
+    return data
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+def load_raw(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
+    """The suite's mapping with every ``include:`` merged in."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _stack:
+        raise UserError(f"{path}: include: circular include of {path.name}")
+    data = read_yaml(path)
+    includes = data.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise UserError(f"{path}: include: must be a file path or a list of file paths")
+    merged: dict = {}
+    for inc in includes:
+        inc_path = path.parent / inc
+        if not inc_path.is_file():
+            raise UserError(f"{path}: include: file '{inc}' not found (looked at {inc_path})")
+        merged = _deep_merge(merged, load_raw(inc_path, _stack + (resolved,)))
+    return _deep_merge(merged, data)
+
+
+# --- validation ---------------------------------------------------------------
+
+def _validate(model: type[BaseModel], data: Any, file: Path, where: str) -> BaseModel:
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: {where}: must be a mapping, got {type(data).__name__}")
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        key = f"{where}.{loc}" if loc else where
+        if err["type"] == "extra_forbidden":
+            bad = str(err["loc"][-1])
+            raise UserError(f"{file}: {key}: unknown key{did_you_mean(bad, model.model_fields)}; known keys: {', '.join(model.model_fields)}") from None
+        raise UserError(f"{file}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+    except TypeError as exc:
+        raise UserError(f"{file}: {where}: {exc}") from None
+
+
+def _check_keys(data: dict, allowed, file: Path, where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise UserError(f"{file}: {prefix}{key}: unknown key{did_you_mean(key, allowed)}; known keys: {', '.join(allowed)}")
+
+
+def _expand(entry: dict) -> list[dict]:
+    """Every combination of the list-valued keys (one level of nesting too)."""
+    axes: list[tuple[tuple[str, ...], list]] = []
+    for key, value in entry.items():
+        if isinstance(value, list):
+            axes.append(((key,), value))
+        elif isinstance(value, dict):
+            axes.extend(((key, sub), v) for sub, v in value.items() if isinstance(v, list))
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        point = json.loads(json.dumps(entry))
+        for (path, _), value in zip(axes, combo):
+            target = point
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = value
+        points.append(point)
+    return points
+
+
+def _label(name: str, point: dict) -> str:
+    parts = []
+    for key, value in sorted(point.items()):
+        if key == "name":
+            continue
+        if isinstance(value, dict):
+            parts.extend(f"{key}.{k}={v}" for k, v in sorted(value.items()))
+        else:
+            parts.append(f"{key}={value}")
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def _streams(raw, file: Path, plugins) -> list[tuple[str, dict]]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{file}: streams: must be a non-empty list of streams")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"streams[{i}]"
+        if isinstance(entry, str):
+            entry = {"dataset": entry}
+        cfg = _validate(StreamConfig, entry, file, where)
+        if cfg.dataset not in plugins.datasets:
+            raise UserError(f"{file}: {where}.dataset: unknown dataset '{cfg.dataset}'{did_you_mean(cfg.dataset, plugins.datasets.names())}; known: {', '.join(plugins.datasets.names())}")
+        factory = plugins.datasets.get(cfg.dataset)
+        options = dict(cfg.model_extra or {})
+        options_model = getattr(factory, "Options", None)
+        if options_model is not None:
+            unknown = [k for k in options if k not in options_model.model_fields]
+            if unknown:
+                allowed = sorted(STREAM_KEYS | set(options_model.model_fields))
+                raise UserError(f"{file}: {where}.{unknown[0]}: unknown key{did_you_mean(unknown[0], allowed)}; known keys: {', '.join(allowed)}")
+            options = _validate(options_model, options, file, where).model_dump(mode="json")
+        resolved = cfg.model_dump(mode="json", exclude={"name"})
+        resolved = {k: v for k, v in resolved.items() if k in STREAM_KEYS}
+        resolved["options"] = options
+        if cfg.scenario == "class_incremental" and resolved["steps"] is None:
+            resolved["steps"] = 1
+        label = cfg.name or (f"{cfg.dataset}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{cfg.dataset}-di")
+        out.append((label, resolved))
+    labels = [label for label, _ in out]
+    dup = next((l for l in labels if labels.count(l) > 1), None)
+    if dup:
+        raise UserError(f"{file}: streams: two streams are labelled '{dup}'; give them different 'name' keys")
+    return out
+
+
+def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict]]:
+    """(name, variant label, params, train config) for every method grid point."""
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{file}: methods: must be a non-empty list of methods")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"methods[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise UserError(f"{file}: {where}: a method is a name or a mapping with a 'name' key")
+        name = entry["name"]
+        if name not in plugins.methods:
+            raise UserError(f"{file}: {where}.name: unknown method '{name}'{did_you_mean(name, plugins.methods.names())}; known: {', '.join(plugins.methods.names())}")
+        method_cls = plugins.methods.get(name)
+        _check_keys(entry, METHOD_KEYS + tuple(method_cls.Params.model_fields), file, where)
+        for key, value in entry.items():
+            if value == [] or (isinstance(value, dict) and any(v == [] for v in value.values())):
+                raise UserError(f"{file}: {where}.{key}: an empty list makes an empty grid; give at least one value")
+        for point in _expand(entry):
+            params = {k: v for k, v in point.items() if k not in METHOD_KEYS}
+            resolved_params = _validate(method_cls.Params, params, file, where).model_dump(mode="json")
+            point_train = _validate(TrainConfig, _deep_merge(train, point.get("train", {}) or {}), file, f"{where}.train")
+            out.append((name, _label(name, point), resolved_params, point_train.model_dump(mode="json")))
+    return out
+
+
+def _seeds(raw, file: Path) -> list[int]:
+    seeds = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{file}: seeds: must be a non-empty list of integers, e.g. [0, 1, 2]")
+    dup = next((s for s in seeds if seeds.count(s) > 1), None)
+    if dup is not None:
+        raise UserError(f"{file}: seeds: seed {dup} is listed twice; each seed once")
+    return seeds
+
+
+def load_suite(path, plugins=None) -> Suite:
+    """Read, validate and expand a suite file into its cells."""
+    from .plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    file = Path(path)
+    raw = load_raw(file)
+    _check_keys(raw, TOP_KEYS, file, "")
+    name = raw.get("name", file.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise UserError(f"{file}: name: must be a non-empty string without '/'")
+    model = _validate(ModelConfig, raw.get("model", {}) or {}, file, "model").model_dump(mode="json")
+    train_raw = raw.get("train", {}) or {}
+    _validate(TrainConfig, train_raw, file, "train")
+    report = _validate(ReportConfig, raw.get("report", {}) or {}, file, "report")
+    bad = next((m for m in report.metrics if m not in METRICS), None)
+    if bad:
+        raise UserError(f"{file}: report.metrics: unknown metric '{bad}'{did_you_mean(bad, METRICS)}; known: {', '.join(METRICS)}")
+    executor = raw.get("executor", "local")
+    if not isinstance(executor, str) or executor not in plugins.executors:
+        raise UserError(f"{file}: executor: unknown executor '{executor}'{did_you_mean(str(executor), plugins.executors.names())}; known: {', '.join(plugins.executors.names())}")
+    if "streams" not in raw or "methods" not in raw:
+        missing = "streams" if "streams" not in raw else "methods"
+        raise UserError(f"{file}: {missing}: missing; a suite needs 'streams' and 'methods'")
+    streams = _streams(raw["streams"], file, plugins)
+    methods = _methods(raw["methods"], file, plugins, train_raw)
+    seeds = _seeds(raw.get("seeds", [0]), file)
+
+    cells, ids = [], set()
+    for (label, stream), (method, variant, params, train), seed in itertools.product(streams, methods, seeds):
+        config = {"method": method, "params": params, "stream": stream, "model": model, "train": train, "seed": seed}
+        cid = cell_id_of(config)
+        if cid in ids:
+            raise UserError(f"{file}: methods: two entries give the same cell ({variant} on {label}, seed {seed}); remove the duplicate")
+        ids.add(cid)
+        cells.append(Cell(cid, method, variant, label, seed, config))
+    return Suite(name, file, tuple(cells), report, executor)

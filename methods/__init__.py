@@ -1,0 +1,1 @@
+"""clbench's built-in methods, each registered through the public plugin API."""
