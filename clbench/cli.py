@@ -193,6 +193,7 @@ def show(target):
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="clbench", standalone_mode=False)
+        sys.exit(0)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -79,7 +79,9 @@ def clbench_cell_end(cell, record):
 
 @hookspec
 def clbench_run_end(suite, results_dir, summary):
-    """A ``clbench run`` ended.
+    """A ``clbench run`` ended (also when some cells failed).
 
+    :param suite: the validated ``clbench.suite.Suite``.
+    :param results_dir: ``pathlib.Path`` of the results folder.
     :param summary: dict with counts ``done``, ``failed``, ``skipped``.
     """

@@ -20,26 +20,42 @@ from .metrics import HIGHER_IS_BETTER, METRICS
 DEFAULT_METRICS = ("last", "avg_inc", "forgetting")
 
 
-def _config_key(record: dict) -> str:
-    config = {k: v for k, v in record["config"].items() if k != "seed"}
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:6]
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _method_key(record: dict) -> str:
+    """What makes a row: the config minus the seed and the stream."""
+    return _hash({k: v for k, v in record["config"].items() if k not in ("seed", "stream")})
+
+
+def _stream_key(record: dict) -> str:
+    return _hash(record["config"].get("stream"))
+
+
+def _labels(done: list[dict], label_key: str, config_key) -> dict[str, str]:
+    """cell_id -> label, with '#hash' added where one label covers several configs."""
+    keys: dict[str, set[str]] = {}
+    for r in done:
+        keys.setdefault(r[label_key], set()).add(config_key(r))
+    return {
+        r["cell_id"]: r[label_key] if len(keys[r[label_key]]) == 1 else f"{r[label_key]} #{config_key(r)}" for r in done
+    }
 
 
 def tidy(records: list[dict]) -> pd.DataFrame:
     """One row per done record and metric."""
-    rows = []
     done = [r for r in records if r.get("status") == "done"]
-    labels: dict[tuple[str, str], set[str]] = {}
-    for r in done:
-        labels.setdefault((r["variant"], r["stream"]), set()).add(_config_key(r))
-    for r in done:
-        key = _config_key(r)
-        variant = r["variant"] if len(labels[(r["variant"], r["stream"])]) == 1 else f"{r['variant']} #{key}"
-        for metric in METRICS:
-            rows.append({
-                "method": r["method"], "variant": variant, "stream": r["stream"], "metric": metric,
-                "seed": r["seed"], "cell_id": r["cell_id"], "value": r["metrics"].get(metric),
-            })
+    variants = _labels(done, "variant", _method_key)
+    streams = _labels(done, "stream", _stream_key)
+    rows = [
+        {
+            "method": r["method"], "variant": variants[r["cell_id"]], "stream": streams[r["cell_id"]], "metric": metric,
+            "seed": r["seed"], "cell_id": r["cell_id"], "value": r["metrics"].get(metric),
+        }
+        for r in done
+        for metric in METRICS
+    ]
     columns = ["method", "variant", "stream", "metric", "seed", "cell_id", "value"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -88,13 +104,15 @@ class Leaderboard:
     def fmt(entry, bold=("", "")) -> str:
         if entry is None:
             return "–"
-        text = f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f} ({int(entry['n'])})"
+        n = int(entry["n"])
+        spread = f" ± {100 * entry['std']:.1f}" if n > 1 else ""  # one seed has no spread to show
+        text = f"{100 * entry['mean']:.1f}{spread} ({n})"
         return f"{bold[0]}{text}{bold[1]}" if entry["best"] else text
 
     def footnote(self) -> str:
         arrows = ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in self.metrics)
         return (
-            f"Values in %, mean ± std over seeds (n seeds); best per column marked; {arrows}. "
+            f"Values in %, mean ± sample std over seeds (n = seeds; no std for one seed); best per column marked; {arrows}. "
             f"Definitions: docs/metrics.md. Built from {self.n_records} records{f' in {self.source}' if self.source else ''}."
         )
 
@@ -105,7 +123,10 @@ class Leaderboard:
         agg["method"] = agg["variant"].map(dict(zip(self.cells["variant"], self.cells["method"])))
         columns = ["kind", "method", "variant", "stream", "metric", "seed", "cell_id", "value", "mean", "std", "n", "best"]
         frame = pd.concat([cells[columns], agg[columns]], ignore_index=True)
-        return frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+        for col in ("value", "mean", "std"):
+            frame[col] = pd.to_numeric(frame[col]).round(6)
+        frame["n"] = pd.to_numeric(frame["n"]).astype("Int64")
+        return frame.to_csv(index=False, lineterminator="\n")
 
     def to_markdown(self) -> str:
         header = ["method"] + [f"{s} {m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for s, m in self.columns()]

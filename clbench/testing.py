@@ -22,7 +22,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a download in a test
 
 TINY_MODEL = {"arch": "clbench-tiny-32", "pretrained": None}
-TINY_TRAIN = {"epochs": 1, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0}
+TINY_TRAIN = {"epochs": 1, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0}
 TINY_STREAM = {
     "dataset": "synthetic", "scenario": "class_incremental", "steps": 3, "num_classes": 6,
     "train_per_class": 12, "test_per_class": 6, "world_domains": ["clean"],
@@ -45,8 +45,11 @@ def write_suite(path, suite: dict) -> Path:
     return path
 
 
-def run_method(method_cls, params: dict | None = None, seed: int = 0, stream: dict | None = None, plugins=None) -> dict:
-    """Run ``method_cls`` (registered or not) on the tiny stream; return its record."""
+def run_method(method_cls, params: dict | None = None, seed: int = 0, stream: dict | None = None, plugins=None, train: dict | None = None) -> dict:
+    """Run ``method_cls`` (registered or not) on the tiny stream; return its record.
+
+    ``train`` overrides keys of the tiny training settings (e.g. ``{"epochs": 5}``).
+    """
     import tempfile
 
     from .plugins import Plugins, make_plugin_manager
@@ -57,6 +60,7 @@ def run_method(method_cls, params: dict | None = None, seed: int = 0, stream: di
     if method_cls.name not in plugins.methods:
         plugins.methods.register(method_cls.name, method_cls, plugins.origin_of(method_cls))
     suite = tiny_suite([{"name": method_cls.name, **(params or {})}], seeds=[seed], streams=[stream or dict(TINY_STREAM)])
+    suite["train"].update(train or {})
     with tempfile.TemporaryDirectory() as tmp:
         cells = load_suite(write_suite(Path(tmp) / "suite.yaml", suite), plugins).cells
     return run_cell(cells[0], plugins)

@@ -1,0 +1,98 @@
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clbench.leaderboard import Leaderboard, latex_escape
+from clbench.metrics import compute_metrics
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("CLBENCH_UPDATE_GOLDEN") == "1"  # regenerate, then review the diff
+
+MATRICES = {  # (variant, stream) -> per-seed accuracy matrices
+    ("zeroshot", "toy-ci2"): [[[0.6, 0.5], [0.5, 0.5]], [[0.7, 0.4], [0.6, 0.4]]],
+    ("finetune (loss=ce)", "toy-ci2"): [[[0.9, 0.3], [0.2, 0.95]], [[0.8, 0.2], [0.3, 0.9]], [[0.85, 0.1], [0.25, 0.9]]],
+    ("zeroshot", "toy_di"): [[[0.5, 0.4], [0.5, 0.4]]],
+    ("finetune (loss=ce)", "toy_di"): [[[0.8, 0.5], [0.7, 0.9]], [[0.9, 0.6], [0.6, 0.8]]],
+}
+
+
+def make_record(variant, stream, seed, A, lr=1e-5):
+    method = variant.split(" ")[0]
+    return {
+        "cell_id": f"{method}-{stream}-{seed}-{lr}", "status": "done", "method": method, "variant": variant,
+        "stream": stream, "seed": seed, "class_order_hash": f"order{seed}",
+        "config": {"method": method, "stream": {"dataset": stream}, "train": {"lr": lr}, "seed": seed},
+        "metrics": compute_metrics(A, [10, 30], initial=[0.5, 0.4]),
+    }
+
+
+def fixed_records():
+    records = [make_record(v, s, seed, A) for (v, s), runs in MATRICES.items() for seed, A in enumerate(runs)]
+    records.append({"cell_id": "broken", "status": "failed", "method": "finetune", "variant": "finetune", "stream": "toy-ci2", "seed": 9})
+    return records
+
+
+def board():
+    return Leaderboard.from_records(fixed_records(), metrics=("last", "forgetting", "bwt"), source="tests/fixtures")
+
+
+@pytest.mark.parametrize("fmt, ext", [("csv", "csv"), ("md", "md"), ("latex", "tex")])
+def test_golden_output(fmt, ext):
+    text = board().render(fmt)
+    path = GOLDEN / f"leaderboard.{ext}"
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_aggregate_numbers_by_hand():
+    table = board().table
+    row = table[(table.variant == "finetune (loss=ce)") & (table.stream == "toy-ci2") & (table.metric == "last")].iloc[0]
+    # last per seed: (0.2*10 + 0.95*30)/40 = 0.7625; (0.3*10+0.9*30)/40 = 0.75; (0.25*10+0.9*30)/40 = 0.7375
+    assert row["mean"] == pytest.approx(0.75) and row["n"] == 3
+    assert row["std"] == pytest.approx(0.0125)  # sample std (ddof=1)
+    assert bool(row["best"])
+    single = table[(table.variant == "zeroshot") & (table.stream == "toy_di") & (table.metric == "last")].iloc[0]
+    assert single["n"] == 1 and single["std"] == 0.0
+    forgetting = table[(table.stream == "toy-ci2") & (table.metric == "forgetting")].set_index("variant")
+    assert bool(forgetting.loc["zeroshot", "best"]) and not bool(forgetting.loc["finetune (loss=ce)", "best"])
+
+
+def test_csv_is_tidy_and_round_trips():
+    frame = pd.read_csv(io.StringIO(board().to_csv()))
+    cells = frame[frame.kind == "cell"]
+    assert len(cells) == 8 * 7  # 8 done records × every metric; the failed record is left out
+    agg = frame[frame.kind == "aggregate"]
+    assert set(agg.metric) == {"last", "avg_inc", "avg_acc", "forgetting", "bwt", "fwt", "zs_retention"} - {"zs_retention"}
+
+
+def test_runs_differing_in_config_are_never_averaged_together():
+    records = fixed_records() + [make_record("zeroshot", "toy_di", 1, [[0.1, 0.1], [0.1, 0.1]], lr=0.1)]
+    b = Leaderboard.from_records(records, metrics=("last",))
+    zeroshot_rows = [v for v in b.variants() if v.startswith("zeroshot")]
+    assert len(zeroshot_rows) == 2 and all("#" in v for v in zeroshot_rows)
+    rows = b.table[b.table.variant.isin(zeroshot_rows) & (b.table.stream == "toy_di") & (b.table.metric == "last")]
+    assert rows["n"].tolist() == [1, 1]
+
+
+def test_streams_with_one_label_but_different_data_are_kept_apart():
+    records = fixed_records()
+    records[0]["config"]["stream"] = {"dataset": "toy-ci2", "num_classes": 99}
+    b = Leaderboard.from_records(records, metrics=("last",))
+    assert len([s for s in b.streams() if s.startswith("toy-ci2 #")]) == 2
+
+
+def test_latex_escaping():
+    assert latex_escape("a_b 5% #1 & {x}") == "a\\_b 5\\% \\#1 \\& \\{x\\}"
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX engine installed")
+def test_latex_compiles(tmp_path):
+    (tmp_path / "t.tex").write_text(board().to_latex())
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]

@@ -1,0 +1,51 @@
+"""Contract tests run on every registered method, so a new method is covered without anyone adding it here."""
+import pytest
+import torch
+
+from clbench.metrics import METRICS
+from clbench.plugins import Plugins, make_plugin_manager
+from clbench.testing import run_method
+
+REGISTERED = Plugins(make_plugin_manager()).methods.names()
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_method_contract_on_a_tiny_stream(name, plugins):
+    method_cls = plugins.methods.get(name)
+    assert method_cls.name == name and method_cls.__doc__ or __import__(method_cls.__module__).__doc__
+    record = run_method(method_cls, plugins=plugins)
+    assert record["status"] == "done", record.get("traceback")
+    T = len(record["experiences"])
+    assert len(record["acc_matrix"]) == T and all(len(row) == T for row in record["acc_matrix"])
+    assert all(0 <= a <= 1 for row in record["acc_matrix"] for a in row)
+    assert set(record["metrics"]) == set(METRICS)
+    assert record["cost"]["eval_images"] > 0
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_method_is_deterministic_under_its_seed(name, plugins):
+    method_cls = plugins.methods.get(name)
+    a, b = run_method(method_cls, plugins=plugins), run_method(method_cls, plugins=plugins)
+    assert a["acc_matrix"] == b["acc_matrix"] and a["train_loss"] == b["train_loss"]
+
+
+def test_zeroshot_is_constant_across_steps_on_domains(plugins):
+    """With a fixed label space (domain-incremental) a never-trained model cannot forget."""
+    stream = {"dataset": "synthetic", "scenario": "domain_incremental", "num_classes": 5, "train_per_class": 4,
+              "test_per_class": 4, "world_domains": ["clean", "inverted"]}
+    r = run_method(plugins.methods.get("zeroshot"), stream=stream, plugins=plugins)
+    A = r["acc_matrix"]
+    assert A[0] == A[1] == r["initial_acc"]
+    assert r["metrics"]["forgetting"] == 0 and r["metrics"]["bwt"] == 0 and r["metrics"]["fwt"] == 0
+    assert r["train_loss"] == [None, None]
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "ce"])
+def test_finetune_learns_the_current_experience(plugins, loss):
+    """After training on an experience the model fits it far better than chance, and the loss is finite."""
+    stream = {"dataset": "synthetic", "scenario": "class_incremental", "steps": 2, "num_classes": 6,
+              "train_per_class": 30, "test_per_class": 10, "world_domains": ["clean"]}
+    r = run_method(plugins.methods.get("finetune"), {"loss": loss}, stream=stream, plugins=plugins, train={"epochs": 10})
+    A = r["acc_matrix"]
+    assert A[1][1] > 0.5  # 6 classes in the classifier: chance is 1/6
+    assert all(torch.isfinite(torch.tensor(l)) for l in r["train_loss"])

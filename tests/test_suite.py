@@ -1,0 +1,134 @@
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clbench.errors import UserError
+from clbench.suite import load_suite
+from clbench.testing import tiny_suite, write_suite
+
+
+def write(tmp_path, data, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def error_of(tmp_path, data, plugins) -> str:
+    path = write(tmp_path, data)
+    with pytest.raises(UserError) as info:
+        load_suite(path, plugins)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_grid_expands_lists_under_method_keys(tmp_path, plugins):
+    suite = tiny_suite(["zeroshot", {"name": "finetune", "loss": ["contrastive", "ce"], "template": [0, 1]}], seeds=[0, 1, 2])
+    cells = load_suite(write(tmp_path, suite), plugins).cells
+    assert len(cells) == (1 + 4) * 3
+    variants = {c.variant for c in cells}
+    assert "finetune (loss=ce, template=1)" in variants and "zeroshot" in variants
+
+
+def test_cell_id_is_stable_and_depends_on_resolved_config(tmp_path, plugins):
+    a = load_suite(write(tmp_path, tiny_suite(["finetune"]), "a.yaml"), plugins).cells[0]
+    # writing a default explicitly resolves to the same config, so the same cell
+    b = load_suite(write(tmp_path, tiny_suite([{"name": "finetune", "loss": "contrastive"}]), "b.yaml"), plugins).cells[0]
+    c = load_suite(write(tmp_path, tiny_suite([{"name": "finetune", "loss": "ce"}]), "c.yaml"), plugins).cells[0]
+    assert a.cell_id == b.cell_id != c.cell_id
+    assert a.config["params"] == {"loss": "contrastive", "template": 0, "freeze_text": False}
+    assert a.config["train"]["lr"] == 1e-3 and a.config["train"]["optimizer"] == "adamw"
+
+
+def test_per_method_train_override(tmp_path, plugins):
+    suite = tiny_suite([{"name": "finetune", "train": {"lr": [1e-4, 1e-3]}}])
+    cells = load_suite(write(tmp_path, suite), plugins).cells
+    assert sorted(c.config["train"]["lr"] for c in cells) == [1e-4, 1e-3]
+    assert all(c.config["train"]["batch_size"] == 32 for c in cells)
+
+
+def test_include_merges_base_and_this_file_wins(tmp_path, plugins):
+    write(tmp_path, tiny_suite(["zeroshot"], seeds=[0, 1], name="base"), "base.yaml")
+    path = write(tmp_path, {"include": "base.yaml", "name": "child", "train": {"lr": 0.5}})
+    suite = load_suite(path, plugins)
+    assert suite.name == "child" and len(suite.cells) == 2
+    assert suite.cells[0].config["train"]["lr"] == 0.5 and suite.cells[0].config["train"]["batch_size"] == 32
+
+
+def test_circular_include(tmp_path, plugins):
+    write(tmp_path, {"include": "b.yaml"}, "a.yaml")
+    write(tmp_path, {"include": "a.yaml"}, "b.yaml")
+    with pytest.raises(UserError, match="circular include"):
+        load_suite(tmp_path / "a.yaml", plugins)
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda s: s["methods"].append("finetnue"), "methods[1].name: unknown method 'finetnue' (did you mean 'finetune'?)"),
+        (lambda s: s.update(methds=["zeroshot"]), "methds: unknown key (did you mean 'methods'?)"),
+        (lambda s: s["train"].update(lr=-1), "train.lr: Input should be greater than 0"),
+        (lambda s: s["train"].update(epochs="two"), "train.epochs: Input should be a valid integer"),
+        (lambda s: s["train"].update(batchsize=3), "train.batchsize: unknown key (did you mean 'batch_size'?)"),
+        (lambda s: s.update(methods=[]), "methods: must be a non-empty list"),
+        (lambda s: s["methods"].append({"name": "finetune", "loss": []}), "methods[1].loss: an empty list makes an empty grid"),
+        (lambda s: s["methods"].append({"name": "finetune", "loss": "mse"}), "methods[1].loss: Input should be 'contrastive' or 'ce'"),
+        (lambda s: s["methods"].append({"name": "finetune", "los": "ce"}), "methods[1].los: unknown key (did you mean 'loss'?)"),
+        (lambda s: s.update(seeds=[0, 0]), "seeds: seed 0 is listed twice"),
+        (lambda s: s.update(seeds=[]), "seeds: must be a non-empty list of integers"),
+        (lambda s: s["streams"][0].update(dataset="cifar"), "streams[0].dataset: unknown dataset 'cifar'"),
+        (lambda s: s["streams"][0].update(steps=0), "streams[0].steps: Input should be greater than 0"),
+        (lambda s: s["streams"][0].update(num_clases=5), "streams[0].num_clases: unknown key (did you mean 'num_classes'?)"),
+        (lambda s: s["streams"][0].update(num_classes=1000), "streams[0].num_classes: Input should be less than or equal to 70"),
+        (lambda s: s.update(executor="slrum"), "executor: unknown executor 'slrum'"),
+        (lambda s: s.update(report={"metrics": ["lst"]}), "report.metrics: unknown metric 'lst' (did you mean 'last'?)"),
+        (lambda s: s.pop("streams"), "streams: missing"),
+        (lambda s: s.update(include="nowhere.yaml"), "include: file 'nowhere.yaml' not found"),
+    ],
+)
+def test_bad_suites_give_one_line_naming_the_key(tmp_path, plugins, mutate, expected):
+    suite = tiny_suite(["zeroshot"])
+    mutate(suite)
+    message = error_of(tmp_path, suite, plugins)
+    assert message.startswith(str(tmp_path / "suite.yaml") + ": ")
+    assert expected in message
+
+
+def test_yaml_syntax_error_names_line(tmp_path, plugins):
+    message = error_of(tmp_path, "name: x\nmethods: [zeroshot\nstreams: []\n", plugins)
+    assert message.startswith(f"{tmp_path / 'suite.yaml'}:3:")
+    assert "YAML syntax error" in message
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path, plugins):
+    message = error_of(tmp_path, "methods: [zeroshot]\nmethods: [finetune]\n", plugins)
+    assert "duplicate key 'methods'" in message
+
+
+def test_unsafe_yaml_tags_are_refused(tmp_path, plugins):
+    message = error_of(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\n", plugins)
+    assert "YAML syntax error" in message
+
+
+def test_missing_file(tmp_path, plugins):
+    with pytest.raises(UserError, match="suite file not found"):
+        load_suite(tmp_path / "nope.yaml", plugins)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    losses=st.lists(st.sampled_from(["contrastive", "ce"]), min_size=1, max_size=2, unique=True),
+    templates=st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+    lrs=st.lists(st.sampled_from([1e-5, 1e-4, 1e-3]), min_size=1, max_size=3, unique=True),
+    seeds=st.lists(st.integers(0, 10**6), min_size=1, max_size=5, unique=True),
+)
+def test_grid_size_is_the_product_of_its_axes(tmp_path_factory, losses, templates, lrs, seeds):
+    from clbench.plugins import Plugins, make_plugin_manager
+
+    plugins = Plugins(make_plugin_manager())
+    entry = {"name": "finetune", "loss": losses, "template": templates, "train": {"lr": lrs}}
+    path = write_suite(tmp_path_factory.mktemp("grid") / "s.yaml", tiny_suite(["zeroshot", entry], seeds=seeds))
+    cells = load_suite(path, plugins).cells
+    assert len(cells) == (1 + len(losses) * len(templates) * len(lrs)) * len(seeds)
+    assert len({c.cell_id for c in cells}) == len(cells)
