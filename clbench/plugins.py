@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata as md
 import os
 import sys
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import pluggy
 
@@ -51,6 +51,11 @@ def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     return pm
 
 
+@lru_cache(maxsize=1)
+def _packages_distributions() -> dict:
+    return md.packages_distributions()
+
+
 class Plugins:
     """What core code knows of plugins: three registries and the run events."""
 
@@ -71,7 +76,7 @@ class Plugins:
         top = (getattr(obj, "__module__", None) or "").split(".")[0]
         if top in self._dist_of_top_module:
             return self._dist_of_top_module[top]
-        dists = md.packages_distributions().get(top)
+        dists = _packages_distributions().get(top)
         if dists:
             return dists[0]
         if top in ("clbench", "methods"):

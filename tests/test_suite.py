@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clbench.errors import UserError
+from clbench.plugins import Plugins, make_plugin_manager
 from clbench.suite import load_suite
 from clbench.testing import tiny_suite, write_suite
 
@@ -38,7 +39,7 @@ def test_cell_id_is_stable_and_depends_on_resolved_config(tmp_path, plugins):
     c = load_suite(write(tmp_path, tiny_suite([{"name": "finetune", "loss": "ce"}]), "c.yaml"), plugins).cells[0]
     assert a.cell_id == b.cell_id != c.cell_id
     assert a.config["params"] == {"loss": "contrastive", "template": 0, "freeze_text": False}
-    assert a.config["train"]["lr"] == 1e-3 and a.config["train"]["optimizer"] == "adamw"
+    assert a.config["train"]["lr"] == 1e-4 and a.config["train"]["optimizer"] == "adamw"
 
 
 def test_per_method_train_override(tmp_path, plugins):
@@ -116,6 +117,9 @@ def test_missing_file(tmp_path, plugins):
         load_suite(tmp_path / "nope.yaml", plugins)
 
 
+SHARED_PLUGINS = Plugins(make_plugin_manager())
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     losses=st.lists(st.sampled_from(["contrastive", "ce"]), min_size=1, max_size=2, unique=True),
@@ -124,9 +128,7 @@ def test_missing_file(tmp_path, plugins):
     seeds=st.lists(st.integers(0, 10**6), min_size=1, max_size=5, unique=True),
 )
 def test_grid_size_is_the_product_of_its_axes(tmp_path_factory, losses, templates, lrs, seeds):
-    from clbench.plugins import Plugins, make_plugin_manager
-
-    plugins = Plugins(make_plugin_manager())
+    plugins = SHARED_PLUGINS
     entry = {"name": "finetune", "loss": losses, "template": templates, "train": {"lr": lrs}}
     path = write_suite(tmp_path_factory.mktemp("grid") / "s.yaml", tiny_suite(["zeroshot", entry], seeds=seeds))
     cells = load_suite(path, plugins).cells
