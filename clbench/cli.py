@@ -97,7 +97,7 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run)
     plugins.run_end(suite=suite, results_dir=results_dir, summary={"done": len(todo) - failed, "failed": failed, "skipped": skipped})
     ids = {c.cell_id for c in suite.cells}
     records = [r for r in store.records() if r.get("cell_id") in ids]
-    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir))
+    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir), order=[c.cell_id for c in suite.cells])
     if board.n_records:
         paths = write_leaderboard(board, results_dir, suite.report.formats)
         click.echo(board.to_markdown())

@@ -82,7 +82,13 @@ class Leaderboard:
     n_records: int
 
     @classmethod
-    def from_records(cls, records: list[dict], metrics=DEFAULT_METRICS, source: str = "") -> "Leaderboard":
+    def from_records(cls, records: list[dict], metrics=DEFAULT_METRICS, source: str = "", order=None) -> "Leaderboard":
+        """Rows and columns follow ``order`` (cell ids, e.g. a suite's), else the order records were created."""
+        if order is not None:
+            rank = {cid: i for i, cid in enumerate(order)}
+            records = sorted(records, key=lambda r: (rank.get(r.get("cell_id"), len(rank)), r.get("cell_id", "")))
+        else:
+            records = sorted(records, key=lambda r: ((r.get("manifest") or {}).get("created", ""), r.get("cell_id", "")))
         cells = tidy(records)
         return cls(cells, aggregate(cells), tuple(metrics), source, int(cells["cell_id"].nunique()))
 
