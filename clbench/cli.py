@@ -155,6 +155,21 @@ def plot(results_dir, out_dir):
         click.echo(str(p))
 
 
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Folder for the weights (default: the one clbench ships).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--per-class", default=60, show_default=True, type=click.IntRange(min=1), help="Images per class and domain.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=2))
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+def pretrain(out_dir, seed, epochs, per_class, batch_size, lr):
+    """Pretrain the tiny CLIP on the synthetic world (the defaults rebuild the shipped 'tinyworld' weights)."""
+    from .pretrain import WEIGHTS_DIR, pretrain as run_pretraining
+
+    run_pretraining(out_dir or WEIGHTS_DIR, seed=seed, epochs=epochs, per_class=per_class, batch_size=batch_size, lr=lr,
+                    log=lambda line: click.echo(line, err=True))
+
+
 @cli.command(name="list")
 @click.argument("kind", type=click.Choice(["methods", "datasets", "executors"]))
 def list_(kind):

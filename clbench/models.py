@@ -21,6 +21,11 @@ from .errors import UserError
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 
+#: weights clbench ships, by (arch, tag); rebuilt by ``clbench pretrain``
+PROJECT_WEIGHTS = {
+    ("clbench-tiny-32", "tinyworld"): Path(__file__).parent / "weights" / "tinyworld" / "open_clip_model.safetensors",
+}
+
 
 @dataclass
 class ClipModel:
@@ -58,13 +63,18 @@ def build_clip(arch: str, pretrained: str | None = None, device: str | torch.dev
         raise UserError(f"model.arch: folder '{arch[len('local-dir:'):]}' not found; it must hold open_clip_config.json and the weights")
     if pretrained in (None, "", "none"):
         pretrained = None
+    elif (arch, pretrained) in PROJECT_WEIGHTS:
+        path = PROJECT_WEIGHTS[(arch, pretrained)]
+        if not path.is_file():
+            raise UserError(f"model.pretrained: clbench's '{pretrained}' weights are missing at {path}; rebuild them with 'clbench pretrain'")
+        pretrained = str(path)
     elif not is_local_dir and _looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise UserError(f"model.pretrained: checkpoint file '{pretrained}' not found; put the weights there or fix the path")
         pretrained = str(path)
     elif not is_local_dir and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = open_clip.list_pretrained_tags_by_model(arch) + [t for a, t in PROJECT_WEIGHTS if a == arch]
         raise UserError(
             f"model.pretrained: '{pretrained}' is neither a checkpoint file nor a known tag for {arch}; "
             f"tags: {', '.join(tags) or 'none'}"

@@ -28,7 +28,13 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "bar")
 DOMAINS = ("clean", "noisy", "inverted", "sketch")
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}.", "an image of a {}.")
 MAX_CLASSES = len(COLOURS) * len(SHAPES)
-_SPLIT_SALT = {"train": 1, "test": 2}
+_SPLIT_SALT = {"train": 1, "test": 2, "pretrain": 3}
+
+# What the shipped tiny CLIP never saw while pretraining, so streams can show
+# adaptation to something new: one whole domain, and some colour-shape
+# compositions (each colour and each shape alone was seen).
+PRETRAIN_DOMAINS = ("clean", "noisy", "inverted")
+PRETRAIN_HELD_OUT_CLASSES = tuple(k for k in range(MAX_CLASSES) if k % 6 == 5)
 
 
 def class_parts(k: int) -> tuple[str, str]:
@@ -125,16 +131,22 @@ class SyntheticOptions(BaseModel):
         return v
 
 
-def _split(opts: SyntheticOptions, split: str, per_class: int) -> InMemoryImageSet:
-    images, labels, domains = [], [], []
-    for d, domain in enumerate(opts.world_domains):
-        g = torch.Generator().manual_seed(opts.world_seed * 1000 + _SPLIT_SALT[split] * 10 + DOMAINS.index(domain))
-        y = torch.arange(opts.num_classes).repeat_interleave(per_class)
-        clean, mask = render(y, opts.image_size, g)
+def render_split(split: str, classes, domains, per_class: int, image_size: int = 32, world_seed: int = 0) -> InMemoryImageSet:
+    """``per_class`` images of each class in each domain; splits never share a random stream."""
+    images, labels, domain_ids = [], [], []
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    for d, domain in enumerate(domains):
+        g = torch.Generator().manual_seed(world_seed * 1000 + _SPLIT_SALT[split] * 10 + DOMAINS.index(domain))
+        y = classes.repeat_interleave(per_class)
+        clean, mask = render(y, image_size, g)
         images.append(apply_domain(domain, clean, mask, g))
         labels.append(y)
-        domains.append(torch.full_like(y, d))
-    return InMemoryImageSet(torch.cat(images), torch.cat(labels), torch.cat(domains))
+        domain_ids.append(torch.full_like(y, d))
+    return InMemoryImageSet(torch.cat(images), torch.cat(labels), torch.cat(domain_ids))
+
+
+def _split(opts: SyntheticOptions, split: str, per_class: int) -> InMemoryImageSet:
+    return render_split(split, range(opts.num_classes), opts.world_domains, per_class, opts.image_size, opts.world_seed)
 
 
 def build_synthetic(**options) -> Dataset:
