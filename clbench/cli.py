@@ -52,8 +52,13 @@ def cli():
 @click.option("--only", "only", multiple=True, help="Run only cells whose method, variant, stream or id match this glob (repeatable).")
 @click.option("--retry-failed", is_flag=True, help="Run cells whose record says failed again.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their status; run nothing.")
-def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run):
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the datasets (sets $CLBENCH_DATA).")
+def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run, data_root):
     """Run every cell of SUITE_FILE that the results folder lacks, then print the leaderboard."""
+    if data_root:
+        import os
+
+        os.environ["CLBENCH_DATA"] = str(data_root)
     from .leaderboard import Leaderboard, write_leaderboard
     from .plugins import get_plugins
     from .progress import GridProgress

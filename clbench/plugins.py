@@ -25,6 +25,10 @@ BUILTIN_PLUGINS = (
     ("zeroshot", "methods.zeroshot"),
     ("finetune", "methods.finetune"),
     ("synthetic", "clbench.data.synthetic"),
+    ("cifar100", "clbench.data.cifar"),
+    ("imagenet", "clbench.data.imagenet"),
+    ("domainnet", "clbench.data.domainnet"),
+    ("imagefolder", "clbench.data.imagefolder"),
     ("local", "clbench.executors.local"),
 )
 

@@ -24,10 +24,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_stream(cell: Cell, plugins):
+def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
+    """The cell's stream; file-based datasets decode at ``image_size`` (the model's) unless the suite says otherwise."""
     cfg = cell.config["stream"]
     factory = plugins.datasets.get(cfg["dataset"])
-    dataset = factory(**cfg["options"])
+    options = dict(cfg["options"])
+    if image_size and "image_size" in getattr(getattr(factory, "Options", None), "model_fields", {}) and options.get("image_size") is None:
+        options["image_size"] = image_size
+    dataset = factory(**options)
     return build_stream(
         dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
         domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=f"stream '{cell.stream_label}'",
@@ -49,12 +53,12 @@ def run_cell(cell: Cell, plugins, progress=None) -> dict:
     record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
     learner, method, step = None, None, None
     try:
-        stream = build_cell_stream(cell, plugins)
+        clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device))
+        stream = build_cell_stream(cell, plugins, clip.image_size)
         record.update(
             class_order=stream.class_order, class_order_hash=stream.class_order_hash,
             experiences=[{"classes": e.classes, "domain": e.domain, "train_size": len(e.train), "test_size": len(e.test)} for e in stream.experiences],
         )
-        clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device))
         learner = Learner(clip, stream, train, cell.seed)
         method_cls = plugins.methods.get(cell.method)
         method = method_cls(method_cls.Params(**cell.params), learner)

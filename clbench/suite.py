@@ -52,9 +52,18 @@ class Suite:
     executor: str
 
 
+#: dataset options that say where or how fast data is read, never what it is: not part of a cell's identity,
+#: so moving a dataset or changing worker counts never re-runs finished cells
+RUNTIME_OPTIONS = ("root", "path", "download", "workers")
+
+
 def cell_id_of(config: dict) -> str:
-    """A stable id: the hash of the canonical JSON of the resolved config."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    """A stable id: the hash of the canonical JSON of the resolved config, minus runtime-only options."""
+    identity = json.loads(json.dumps(config))
+    options = identity.get("stream", {}).get("options", {})
+    for key in RUNTIME_OPTIONS:
+        options.pop(key, None)
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,119 @@
+"""cifar100: CIFAR-100 in torchvision's on-disk format (the python pickle version).
+
+Expected at ``<data root>/cifar100/cifar-100-python/{train,test,meta}``;
+``download: true`` fetches it there through torchvision (with its checksum).
+The pickles are read with an unpickler that admits only numpy arrays and
+builtin containers, so a tampered file cannot run code. All 60,000 images
+stay in memory as one uint8 tensor (180 MB), the fast path.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from clbench import hookimpl
+
+from ..errors import UserError
+from .base import Dataset, InMemoryImageSet
+from .root import data_root
+
+FOLDER = "cifar100"
+#: iCaRL's class order (Rebuffi et al. 2017), used by PyCIL, PODNet, DER and others for seed 1993
+ICARL_ORDER = [
+    87, 0, 52, 58, 44, 91, 68, 97, 51, 15, 94, 92, 10, 72, 49, 78, 61, 14, 8, 86, 84, 96, 18, 24, 32,
+    45, 88, 11, 4, 67, 69, 66, 77, 47, 79, 93, 29, 50, 57, 83, 17, 81, 41, 12, 37, 59, 25, 20, 80, 73,
+    1, 28, 6, 46, 62, 82, 53, 9, 31, 75, 38, 63, 33, 74, 27, 22, 36, 3, 16, 21, 60, 19, 70, 90, 89,
+    43, 5, 42, 65, 76, 40, 30, 23, 85, 2, 95, 56, 48, 71, 64, 98, 13, 99, 7, 34, 55, 54, 26, 35, 39,
+]
+CANONICAL_SEED = 1993
+#: CLIP's prompt templates for CIFAR (Radford et al. 2021)
+TEMPLATES = [
+    "a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.", "a low contrast photo of a {}.",
+    "a high contrast photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a photo of a small {}.",
+    "a photo of a big {}.", "a photo of the {}.", "a blurry photo of the {}.", "a black and white photo of the {}.",
+    "a low contrast photo of the {}.", "a high contrast photo of the {}.", "a bad photo of the {}.",
+    "a good photo of the {}.", "a photo of the small {}.", "a photo of the big {}.",
+]
+
+
+class CifarOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Optional[str] = None  # data root; the files are in <root>/cifar100/cifar-100-python
+    download: bool = False
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # protocol-2 pickles of bytes written by Python 3
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _SafeUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable CIFAR-100 pickle ({exc}); delete it and download again") from None
+
+
+def _split(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = read_pickle(folder / name)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = torch.as_tensor(batch["fine_labels"], dtype=torch.long)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{folder / name}: unexpected CIFAR-100 content ({exc}); delete it and download again") from None
+    return torch.from_numpy(data.copy()), labels
+
+
+def build_cifar100(**options) -> Dataset:
+    opts = CifarOptions(**options)
+    base = data_root(opts.root) / FOLDER
+    folder = base / "cifar-100-python"
+    if not (folder / "train").is_file() and opts.download:
+        from torchvision.datasets import CIFAR100
+
+        try:
+            CIFAR100(str(base), train=True, download=True)
+        except Exception as exc:
+            raise UserError(f"cifar100: download into {base} failed ({exc}); fetch cifar-100-python.tar.gz by hand and unpack it there") from None
+    for name in ("train", "test", "meta"):
+        if not (folder / name).is_file():
+            raise UserError(
+                f"dataset 'cifar100' not found: missing {folder / name}; set 'download: true' on the stream, "
+                f"or unpack cifar-100-python.tar.gz into {base}"
+            )
+    names = read_pickle(folder / "meta").get("fine_label_names")
+    if not names or len(names) != 100:
+        raise UserError(f"{folder / 'meta'}: expected 100 fine_label_names")
+    train_x, train_y = _split(folder, "train")
+    test_x, test_y = _split(folder, "test")
+    return Dataset(
+        name="cifar100",
+        class_names=[n.replace("_", " ") for n in names],
+        templates=list(TEMPLATES),
+        train=InMemoryImageSet(train_x, train_y),
+        test=InMemoryImageSet(test_x, test_y),
+        canonical_orders={CANONICAL_SEED: ICARL_ORDER},
+    )
+
+
+build_cifar100.Options = CifarOptions
+
+
+@hookimpl
+def clbench_add_datasets(register):
+    register("cifar100", build_cifar100)

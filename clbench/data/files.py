@@ -1,0 +1,105 @@
+"""Images stored as files: decoded with torchvision.io, in worker processes, at the model's size.
+
+A FileImageSet keeps only paths and labels in memory. ``load`` decodes to
+uint8, resizes the shorter side to the requested size and centre-crops it
+(CLIP's preprocessing), so batches stack and the Learner only normalises.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset as TorchDataset
+
+from ..errors import UserError
+from .base import ImageSet
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+DEFAULT_SIZE = 224
+
+
+def decode(path: str, size: int) -> torch.Tensor:
+    """uint8 (3, size, size): shorter side resized to ``size`` (bicubic, antialiased), centre crop."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    h, w = image.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
+        image = image.round().clamp(0, 255).to(torch.uint8)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return image[:, top : top + size, left : left + size].contiguous()
+
+
+class _Decoder(TorchDataset):
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return decode(self.paths[i], self.size), None
+        except Exception as exc:  # reported in the main process as one line
+            return None, f"{self.paths[i]}: {type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    bad = next((err for _, err in items if err), None)
+    if bad:
+        return None, bad
+    return torch.stack([img for img, _ in items]), None
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+class FileImageSet(ImageSet):
+    def __init__(self, paths: list[str], labels: torch.Tensor, domains: torch.Tensor | None = None,
+                 size: int = DEFAULT_SIZE, workers: int | None = None):
+        if len(paths) != len(labels):
+            raise ValueError("paths and labels must have the same length")
+        self.paths = list(paths)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.domains = None if domains is None else torch.as_tensor(domains, dtype=torch.long)
+        self.size = size
+        self.workers = default_workers() if workers is None else workers
+
+    def subset(self, index: torch.Tensor) -> "FileImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        domains = None if self.domains is None else self.domains[index]
+        return FileImageSet([self.paths[i] for i in index.tolist()], self.labels[index], domains, self.size, self.workers)
+
+    def load(self, index: torch.Tensor) -> torch.Tensor:
+        images, bad = _collate([_Decoder(self.paths, self.size)[i] for i in torch.as_tensor(index).tolist()])
+        if bad:
+            raise UserError(f"unreadable image {bad}; replace or remove the file")
+        return images
+
+    def batches(self, batch_size, shuffle=False, generator=None):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        paths = [self.paths[i] for i in order.tolist()]
+        loader = DataLoader(
+            _Decoder(paths, self.size), batch_size=batch_size, shuffle=False, num_workers=self.workers,
+            collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=False,
+            prefetch_factor=4 if self.workers else None,
+        )
+        for start, (images, bad) in zip(range(0, n, batch_size), loader):
+            if bad:
+                raise UserError(f"unreadable image {bad}; replace or remove the file")
+            yield images, self.labels[order[start : start + batch_size]]
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

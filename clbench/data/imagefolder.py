@@ -1,0 +1,71 @@
+"""imagefolder: bring your own data as ``train/<class>/*`` and ``test/<class>/*``.
+
+Class names come from folder names (underscores become spaces). With
+``domains: true`` in the options the layout is ``<split>/<domain>/<class>/*``
+and every domain must hold the same classes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clbench import hookimpl
+
+from ..errors import UserError
+from .base import Dataset
+from .folders import concat, scan_split
+
+
+class ImageFolderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str  # the folder holding train/ and test/
+    by_domain: bool = False  # <split>/<domain>/<class>/* instead of <split>/<class>/*
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
+    image_size: Optional[int] = Field(None, ge=8)
+    workers: Optional[int] = Field(None, ge=0)
+
+
+def _subfolders(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found; imagefolder expects train/ and test/ inside 'path'")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise UserError(f"{folder}: no sub-folders; put one folder per class{' per domain' if 'domain' in str(folder) else ''}")
+    return names
+
+
+def build_imagefolder(**options) -> Dataset:
+    opts = ImageFolderOptions(**options)
+    root = Path(opts.path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"imagefolder: path '{root}' not found; point 'path' at a folder holding train/ and test/")
+    bad = next((t for t in opts.templates if t.count("{}") != 1), None)
+    if bad is not None:
+        raise UserError(f"imagefolder: template '{bad}' must contain '{{}}' exactly once")
+    kw = {"size": opts.image_size, "workers": opts.workers}
+    if opts.by_domain:
+        domains = _subfolders(root / "train")
+        classes = _subfolders(root / "train" / domains[0])
+        splits = {
+            split: concat([scan_split(root / split / d, classes, domain=i, **kw) for i, d in enumerate(domains)])
+            for split in ("train", "test")
+        }
+    else:
+        domains = None
+        classes = _subfolders(root / "train")
+        splits = {split: scan_split(root / split, classes, **kw) for split in ("train", "test")}
+    return Dataset(
+        name="imagefolder", class_names=[c.replace("_", " ") for c in classes], templates=list(opts.templates),
+        train=splits["train"], test=splits["test"], domain_names=domains,
+    )
+
+
+build_imagefolder.Options = ImageFolderOptions
+
+
+@hookimpl
+def clbench_add_datasets(register):
+    register("imagefolder", build_imagefolder)
