@@ -136,8 +136,14 @@ class Learner:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    def fit(self, exp: Experience, loss_fn: LossFn, data: ImageSet | None = None, epochs: int | None = None) -> None:
-        """The shared loop: epochs over ``data`` (default: the experience's training set)."""
+    def fit(self, exp: Experience, loss_fn: LossFn, data: ImageSet | None = None, epochs: int | None = None,
+            replay=None, replay_batch_size: int = 0) -> None:
+        """The shared loop: epochs over ``data`` (default: the experience's training set).
+
+        With a non-empty ``replay`` memory (anything with ``len`` and ``sample(n)``, e.g.
+        ``clbench.buffer.ReplayBuffer``), every step appends ``replay_batch_size`` exemplars
+        to the new batch, so the loss sees one mixed batch.
+        """
         data = exp.train if data is None else data
         epochs = self.cfg.epochs if epochs is None else epochs
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -151,6 +157,9 @@ class Learner:
         with self.cost.timing("train", self.device):
             for _ in range(epochs):
                 for images, labels in data.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
+                    if replay is not None and replay_batch_size and len(replay):
+                        old_images, old_labels = replay.sample(replay_batch_size)
+                        images, labels = torch.cat([images, old_images.to(images.device)]), torch.cat([labels, old_labels])
                     x = self.preprocess(images)
                     y = labels.to(self.device, non_blocking=True)
                     with self.autocast():
@@ -168,6 +177,27 @@ class Learner:
                     if text_trainable:
                         self.text_tower_changed()
         self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
+
+    @torch.no_grad()
+    def features(self, data: ImageSet) -> torch.Tensor:
+        """L2-normalised image features (N, D) of a whole set, on the device (e.g. for herding, prototypes)."""
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for images, _ in data.batches(self.cfg.eval_batch_size):
+            with self.autocast():
+                out.append(self.encode_images(self.preprocess(images)))
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, device=self.device)
+
+    def snapshot(self) -> torch.nn.Module:
+        """A frozen copy of the current model (e.g. the previous model for distillation)."""
+        import copy
+
+        frozen = copy.deepcopy(self.model).eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        return frozen
 
     # --- evaluation ---------------------------------------------------------
     @torch.no_grad()

@@ -24,6 +24,10 @@ from .registry import Registry
 BUILTIN_PLUGINS = (
     ("zeroshot", "methods.zeroshot"),
     ("finetune", "methods.finetune"),
+    ("er", "methods.er"),
+    ("icarl", "methods.icarl"),
+    ("gcl_replay", "methods.gcl_replay"),
+    ("dro_replay", "methods.dro_replay"),
     ("synthetic", "clbench.data.synthetic"),
     ("cifar100", "clbench.data.cifar"),
     ("imagenet", "clbench.data.imagenet"),

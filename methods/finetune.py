@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from clbench import Method, Params, hookimpl
-from clbench.losses import contrastive_loss, cross_entropy_loss
+from clbench.losses import clip_objective
 
 
 class FinetuneParams(Params):
@@ -29,15 +29,7 @@ class Finetune(Method):
                     p.requires_grad_(False)
 
     def loss(self, images, labels, exp) -> torch.Tensor:
-        learner = self.learner
-        if self.params.loss == "contrastive":
-            classes = labels.unique()
-        else:
-            classes = torch.tensor(learner.stream.seen(exp.index), device=labels.device)
-        grad = not self.params.freeze_text
-        text = learner.class_features(classes.tolist(), template=self.params.template, grad=grad)
-        objective = contrastive_loss if self.params.loss == "contrastive" else cross_entropy_loss
-        return objective(learner.encode_images(images), labels, text, classes, learner.logit_scale)
+        return clip_objective(self.learner, images, labels, exp, self.params.loss, self.params.template, not self.params.freeze_text)
 
 
 @hookimpl

@@ -29,6 +29,14 @@ class ImageSet:
         """uint8 images (len(index), 3, H, W) for the given positions."""
         raise NotImplementedError
 
+    def concat(self, other: "ImageSet") -> "ImageSet":
+        """This set followed by ``other`` (same kind of set)."""
+        raise NotImplementedError
+
+    def stored_bytes(self) -> int:
+        """Bytes these images take as stored (pixels in memory, or files on disk), plus labels."""
+        raise NotImplementedError
+
     def where(self, classes=None, domains=None) -> "ImageSet":
         keep = torch.ones(len(self), dtype=torch.bool)
         if classes is not None:
@@ -69,6 +77,13 @@ class InMemoryImageSet(ImageSet):
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
         return self.images[index]
+
+    def concat(self, other: "InMemoryImageSet") -> "InMemoryImageSet":
+        domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])
+        return InMemoryImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), domains)
+
+    def stored_bytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + len(self) * 8
 
 
 @dataclass

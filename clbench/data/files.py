@@ -80,6 +80,14 @@ class FileImageSet(ImageSet):
         domains = None if self.domains is None else self.domains[index]
         return FileImageSet([self.paths[i] for i in index.tolist()], self.labels[index], domains, self.size, self.workers)
 
+    def concat(self, other: "FileImageSet") -> "FileImageSet":
+        domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])
+        return FileImageSet(self.paths + other.paths, torch.cat([self.labels, other.labels]), domains, self.size, self.workers)
+
+    def stored_bytes(self) -> int:
+        """The encoded files: what a system keeping these exemplars on disk would hold."""
+        return sum(os.path.getsize(p) for p in self.paths) + len(self) * 8
+
     def load(self, index: torch.Tensor) -> torch.Tensor:
         images, bad = _collate([_Decoder(self.paths, self.size)[i] for i in torch.as_tensor(index).tolist()])
         if bad:

@@ -28,7 +28,7 @@ def scan_split(split_dir: Path, class_folders: list[str], domain_of=None, size=N
 
 
 def concat(sets: list[FileImageSet]) -> FileImageSet:
-    paths = [p for s in sets for p in s.paths]
-    labels = torch.cat([s.labels for s in sets])
-    domains = None if any(s.domains is None for s in sets) else torch.cat([s.domains for s in sets])
-    return FileImageSet(paths, labels, domains, sets[0].size, sets[0].workers)
+    out = sets[0]
+    for other in sets[1:]:
+        out = out.concat(other)
+    return out
