@@ -102,9 +102,14 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run,
     plugins.run_end(suite=suite, results_dir=results_dir, summary={"done": len(todo) - failed, "failed": failed, "skipped": skipped})
     ids = {c.cell_id for c in suite.cells}
     records = [r for r in store.records() if r.get("cell_id") in ids]
-    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir), order=[c.cell_id for c in suite.cells])
+    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir), order=[c.cell_id for c in suite.cells],
+                                     reference=suite.report.reference)
     if board.n_records:
         paths = write_leaderboard(board, results_dir, suite.report.formats)
+        if suite.report.plots:
+            from .plots import plot_all
+
+            plot_all(records, results_dir / "plots")
         click.echo(board.to_markdown())
         click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     if failed or any(r.get("status") == "failed" for r in records):
@@ -127,18 +132,21 @@ def validate(suite_file):
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(path_type=Path))
+@click.argument("results_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True)
 @click.option("--metrics", default=None, help="Comma-separated metrics (default last,avg_inc,forgetting).")
+@click.option("--reference", default=None, help="Compare every row with this method (or row label) over matching seeds.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
-def table(results_dir, fmt, metrics, output):
-    """The leaderboard from the records in RESULTS_DIR."""
+def table(results_dirs, fmt, metrics, reference, output):
+    """The leaderboard from the records in one or more RESULTS_DIRS (e.g. one per machine), merged."""
     from .leaderboard import DEFAULT_METRICS, Leaderboard
     from .results import atomic_write_text
 
-    board = Leaderboard.from_records(_records_of(results_dir), _metrics_option(metrics, DEFAULT_METRICS), source=str(results_dir / "records"))
+    records = [r for d in results_dirs for r in _records_of(d)]
+    source = ", ".join(str(d / "records") for d in results_dirs)
+    board = Leaderboard.from_records(records, _metrics_option(metrics, DEFAULT_METRICS), source=source, reference=reference)
     if not board.n_records:
-        raise UserError(f"{results_dir}: no finished records to tabulate")
+        raise UserError(f"{source}: no finished records to tabulate")
     text = board.render(fmt)
     if output:
         atomic_write_text(output, text)
@@ -148,12 +156,13 @@ def table(results_dir, fmt, metrics, output):
 
 @cli.command()
 @click.argument("results_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Folder for the PNG files (default RESULTS_DIR/plots).")
-def plot(results_dir, out_dir):
-    """Accuracy on seen classes after each step, per method and stream (PNG)."""
-    from .plots import plot_accuracy_curves
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Folder for the figures (default RESULTS_DIR/plots).")
+@click.option("--no-heatmaps", is_flag=True, help="Skip the per-cell accuracy-matrix heatmaps.")
+def plot(results_dir, out_dir, no_heatmaps):
+    """Figures (PNG and PDF): accuracy after each step, last accuracy and forgetting against buffer size, heatmaps."""
+    from .plots import plot_all
 
-    paths = plot_accuracy_curves(_records_of(results_dir), out_dir or results_dir / "plots")
+    paths = plot_all(_records_of(results_dir), out_dir or results_dir / "plots", heatmaps=not no_heatmaps)
     if not paths:
         raise UserError(f"{results_dir}: no finished records to plot")
     for p in paths:
@@ -176,7 +185,7 @@ def pretrain(out_dir, seed, epochs, per_class, batch_size, lr):
 
 
 @cli.command(name="list")
-@click.argument("kind", type=click.Choice(["methods", "datasets", "executors"]))
+@click.argument("kind", type=click.Choice(["methods", "datasets", "executors", "loggers"]))
 def list_(kind):
     """Every registered plugin of KIND with the package it comes from."""
     from .plugins import get_plugins

@@ -47,11 +47,14 @@ class StreamConfig(Section):
     class_order: Optional[list[NonNegativeInt]] = None  # default: dataset's canonical or seeded order
     domains: Optional[list[str]] = None  # restrict to these domains (and this order)
     holdout_classes: NonNegativeInt = 0  # last classes of the order, kept out as a control set
+    train: Optional[dict] = None  # overrides of the suite's train settings for this stream
 
 
 class ReportConfig(Section):
     metrics: list[str] = Field(default_factory=lambda: ["last", "avg_inc", "forgetting"])
     formats: list[Literal["csv", "md", "latex"]] = Field(default_factory=lambda: ["csv", "md", "latex"])
+    reference: Optional[str] = None  # a method (or row label) every other row is compared with, seed by seed
+    plots: bool = False  # also write the figures (as clbench plot does) after a run
 
 
 STREAM_KEYS = set(StreamConfig.model_fields)

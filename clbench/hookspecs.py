@@ -45,6 +45,17 @@ def clbench_add_executors(register):
     """
 
 
+@hookspec
+def clbench_add_loggers(register):
+    """Register run loggers that a suite can switch on with ``loggers: [name, ...]``.
+
+    :param register: ``register(name, logger_class)``; the class is built as
+        ``logger_class(results_dir, suite)`` at the start of a run and receives
+        ``experience_end(cell, step, acc_row, learner)``, ``cell_end(cell, record)``
+        and ``close()``; see ``clbench.loggers.Logger``.
+    """
+
+
 # --- events: for loggers and observers; return values are ignored ----------
 
 @hookspec

@@ -7,70 +7,28 @@ together: such groups get distinct row labels.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .aggregate import aggregate, dedupe, paired_differences, tidy
 from .metrics import HIGHER_IS_BETTER, METRICS
 
 DEFAULT_METRICS = ("last", "avg_inc", "forgetting")
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:6]
-
-
-def _method_key(record: dict) -> str:
-    """What makes a row: the config minus the seed and the stream."""
-    return _hash({k: v for k, v in record["config"].items() if k not in ("seed", "stream")})
-
-
-def _stream_key(record: dict) -> str:
-    return _hash(record["config"].get("stream"))
-
-
-def _labels(done: list[dict], label_key: str, config_key) -> dict[str, str]:
-    """cell_id -> label, with '#hash' added where one label covers several configs."""
-    keys: dict[str, set[str]] = {}
-    for r in done:
-        keys.setdefault(r[label_key], set()).add(config_key(r))
-    return {
-        r["cell_id"]: r[label_key] if len(keys[r[label_key]]) == 1 else f"{r[label_key]} #{config_key(r)}" for r in done
-    }
-
-
-def tidy(records: list[dict]) -> pd.DataFrame:
-    """One row per done record and metric."""
-    done = [r for r in records if r.get("status") == "done"]
-    variants = _labels(done, "variant", _method_key)
-    streams = _labels(done, "stream", _stream_key)
-    rows = [
-        {
-            "method": r["method"], "variant": variants[r["cell_id"]], "stream": streams[r["cell_id"]], "metric": metric,
-            "seed": r["seed"], "cell_id": r["cell_id"], "value": r["metrics"].get(metric),
-        }
-        for r in done
-        for metric in METRICS
-    ]
-    columns = ["method", "variant", "stream", "metric", "seed", "cell_id", "value"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
-    """mean, std (ddof=1; 0 for one seed), n per (variant, stream, metric), and whether it is the column's best."""
-    cells = cells.dropna(subset=["value"])
-    grouped = cells.groupby(["variant", "stream", "metric"], sort=False)["value"]
-    agg = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    agg["std"] = agg["std"].fillna(0.0)
-    agg["best"] = False
-    for (stream, metric), col in agg.groupby(["stream", "metric"]):
-        target = col["mean"].max() if HIGHER_IS_BETTER[metric] else col["mean"].min()
-        agg.loc[col.index, "best"] = (col["mean"] - target).abs() < 1e-12
-    return agg
+#: one-line definitions for table footnotes (docs/metrics.md has the full ones)
+DEFINITIONS = {
+    "last": "accuracy on all seen test data after the last step",
+    "avg_inc": "mean over steps of the accuracy on the test data seen so far",
+    "avg_acc": "mean over experiences of the final accuracy on each",
+    "forgetting": "mean over old experiences of the drop from their best earlier accuracy",
+    "bwt": "mean over old experiences of final minus just-learned accuracy",
+    "fwt": "mean over experiences of accuracy just before training on them minus the initial zero-shot accuracy",
+    "zs_retention": "zero-shot accuracy on held-out control classes after the last step, relative to before the first",
+}
+SIGNIFICANCE = 0.05
 
 
 @dataclass
@@ -80,17 +38,43 @@ class Leaderboard:
     metrics: tuple[str, ...]
     source: str  # where the records came from, for the footnote
     n_records: int
+    reference: str | None = None  # the variant others are compared with, seed by seed
+    paired: pd.DataFrame | None = None
+    conflicts: tuple[str, ...] = ()  # cells whose copies disagree on class order
 
     @classmethod
-    def from_records(cls, records: list[dict], metrics=DEFAULT_METRICS, source: str = "", order=None) -> "Leaderboard":
-        """Rows and columns follow ``order`` (cell ids, e.g. a suite's), else the order records were created."""
+    def from_records(cls, records: list[dict], metrics=DEFAULT_METRICS, source: str = "", order=None,
+                     reference: str | None = None) -> "Leaderboard":
+        """Rows and columns follow ``order`` (cell ids, e.g. a suite's), else the order records were created.
+
+        ``reference``: a variant label or a method name; every other row then shows its mean
+        paired difference to it over matching seeds, marked † when a paired t-test gives p < 0.05.
+        """
+        records, conflicts = dedupe(records)
         if order is not None:
             rank = {cid: i for i, cid in enumerate(order)}
             records = sorted(records, key=lambda r: (rank.get(r.get("cell_id"), len(rank)), r.get("cell_id", "")))
         else:
             records = sorted(records, key=lambda r: ((r.get("manifest") or {}).get("created", ""), r.get("cell_id", "")))
         cells = tidy(records)
-        return cls(cells, aggregate(cells), tuple(metrics), source, int(cells["cell_id"].nunique()))
+        board = cls(cells, aggregate(cells), tuple(metrics), source, len(records), conflicts=tuple(conflicts))
+        if reference is not None:
+            board.reference = board.resolve_reference(reference)
+            board.paired = paired_differences(cells, board.reference)
+        return board
+
+    def resolve_reference(self, name: str) -> str:
+        from .errors import UserError
+        from .registry import did_you_mean
+
+        variants = self.variants()
+        if name in variants:
+            return name
+        by_method = [v for v in variants if v.split(" ")[0] == name]
+        if len(by_method) == 1:
+            return by_method[0]
+        hint = f"; '{name}' has several variants: {', '.join(by_method)}" if by_method else did_you_mean(name, variants)
+        raise UserError(f"--reference: no single row '{name}' in the table{hint}")
 
     # --- layout -------------------------------------------------------------
     def variants(self) -> list[str]:
@@ -106,6 +90,19 @@ class Leaderboard:
     def columns(self) -> list[tuple[str, str]]:
         return [(s, m) for s in self.streams() for m in self.metrics]
 
+    def comparison(self, variant: str, stream: str, metric: str) -> str:
+        if self.paired is None or variant == self.reference:
+            return ""
+        hit = self.paired[(self.paired.variant == variant) & (self.paired.stream == stream) & (self.paired.metric == metric)]
+        if hit.empty:
+            return ""
+        row = hit.iloc[0]
+        mark = "†" if row["p"] == row["p"] and row["p"] < SIGNIFICANCE else ""
+        return f" [{100 * row['diff']:+.1f}{mark}]"
+
+    def cell(self, variant: str, stream: str, metric: str, bold=("", "")) -> str:
+        return self.fmt(self.entry(variant, stream, metric), bold) + self.comparison(variant, stream, metric)
+
     @staticmethod
     def fmt(entry, bold=("", "")) -> str:
         if entry is None:
@@ -116,11 +113,17 @@ class Leaderboard:
         return f"{bold[0]}{text}{bold[1]}" if entry["best"] else text
 
     def footnote(self) -> str:
-        arrows = ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in self.metrics)
-        return (
-            f"Values in %, mean ± sample std over seeds (n = seeds; no std for one seed); best per column marked; {arrows}. "
-            f"Definitions: docs/metrics.md. Built from {self.n_records} records{f' in {self.source}' if self.source else ''}."
+        defs = "; ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}: {DEFINITIONS[m]}" for m in self.metrics)
+        text = (
+            f"Values in %, mean ± sample std over seeds (n = seeds; no std for one seed); best per column marked. {defs} "
+            f"(docs/metrics.md)."
         )
+        if self.reference:
+            text += (f" [±x]: mean paired difference to {self.reference} over matching seeds, "
+                     f"† where a paired t-test gives p < {SIGNIFICANCE}.")
+        if self.conflicts:
+            text += f" Rows marked [order …] come from copies of {len(self.conflicts)} cell(s) whose class orders differ; they are not averaged together."
+        return text + f" Built from {self.n_records} records{f' in {self.source}' if self.source else ''}."
 
     # --- exports ------------------------------------------------------------
     def to_csv(self) -> str:
@@ -138,7 +141,7 @@ class Leaderboard:
         header = ["method"] + [f"{s} {m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for s, m in self.columns()]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(self.columns())) + "|"]
         for v in self.variants():
-            row = [v] + [self.fmt(self.entry(v, s, m), ("**", "**")) for s, m in self.columns()]
+            row = [v] + [self.cell(v, s, m, ("**", "**")) for s, m in self.columns()]
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines) + "\n\n" + self.footnote() + "\n"
 
@@ -163,7 +166,7 @@ class Leaderboard:
             "\\midrule",
         ]
         for v in self.variants():
-            cells = [latex_symbols(self.fmt(self.entry(v, s, m), ("\\textbf{", "}"))) for s, m in cols]
+            cells = [latex_symbols(self.cell(v, s, m, ("\\textbf{", "}"))) for s, m in cols]
             lines.append(latex_escape(v) + " & " + " & ".join(cells) + " \\\\")
         lines += [
             "\\bottomrule",
@@ -182,7 +185,8 @@ LATEX_ARROW = {True: "$\\uparrow$", False: "$\\downarrow$"}
 
 
 def latex_symbols(text: str) -> str:
-    return text.replace("↑", LATEX_ARROW[True]).replace("↓", LATEX_ARROW[False]).replace("±", "$\\pm$").replace("–", "--")
+    return (text.replace("↑", LATEX_ARROW[True]).replace("↓", LATEX_ARROW[False]).replace("±", "$\\pm$")
+            .replace("–", "--").replace("†", "$^\\dagger$").replace("…", "\\ldots{}"))
 
 
 def latex_escape(text: str) -> str:

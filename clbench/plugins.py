@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     ("domainnet", "clbench.data.domainnet"),
     ("imagefolder", "clbench.data.imagefolder"),
     ("local", "clbench.executors.local"),
+    ("loggers", "clbench.loggers.builtin"),
 )
 
 DISABLE_AUTOLOAD_ENV = "CLBENCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -70,6 +71,9 @@ class Plugins:
     def __init__(self, pm: pluggy.PluginManager | None = None):
         self.pm = pm or make_plugin_manager()
         self._dist_of_top_module = self._plugin_distributions()
+        from .loggers import Dispatcher
+
+        self.pm.register(Dispatcher(self), name="clbench-logger-dispatch")
 
     def _plugin_distributions(self) -> dict[str, str]:
         origins = {}
@@ -118,8 +122,16 @@ class Plugins:
         )
         return reg
 
+    @cached_property
+    def loggers(self) -> Registry:
+        reg: Registry = Registry("logger")
+        self.pm.hook.clbench_add_loggers(
+            register=lambda name, cls: reg.register(name, cls, self.origin_of(cls))
+        )
+        return reg
+
     def registry(self, kind: str) -> Registry:
-        return {"methods": self.methods, "datasets": self.datasets, "executors": self.executors}[kind]
+        return {"methods": self.methods, "datasets": self.datasets, "executors": self.executors, "loggers": self.loggers}[kind]
 
     # --- events -------------------------------------------------------------
     def run_start(self, suite, results_dir, cells) -> None:

@@ -23,7 +23,7 @@ from .errors import UserError
 from .metrics import METRICS
 from .registry import did_you_mean
 
-TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor")
+TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor", "loggers")
 METHOD_KEYS = ("name", "train")
 
 
@@ -50,6 +50,7 @@ class Suite:
     cells: tuple[Cell, ...]
     report: ReportConfig
     executor: str
+    loggers: tuple[str, ...] = ()
 
 
 #: dataset options that say where or how fast data is read, never what it is: not part of a cell's identity,
@@ -128,7 +129,11 @@ def load_raw(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
         inc_path = path.parent / inc
         if not inc_path.is_file():
             raise UserError(f"{path}: include: file '{inc}' not found (looked at {inc_path})")
-        merged = _deep_merge(merged, load_raw(inc_path, _stack + (resolved,)))
+        base = load_raw(inc_path, _stack + (resolved,))
+        streams = merged.get("streams", []) + base.get("streams", []) if isinstance(merged.get("streams", []), list) and isinstance(base.get("streams", []), list) else base.get("streams")
+        merged = _deep_merge(merged, base)
+        if streams:
+            merged["streams"] = streams  # the streams of several included suites add up
     return _deep_merge(merged, data)
 
 
@@ -190,7 +195,7 @@ def _label(name: str, point: dict) -> str:
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
-def _streams(raw, file: Path, plugins) -> list[tuple[str, dict]]:
+def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{file}: streams: must be a non-empty list of streams")
     out = []
@@ -212,6 +217,7 @@ def _streams(raw, file: Path, plugins) -> list[tuple[str, dict]]:
             options = _validate(options_model, options, file, where).model_dump(mode="json")
         resolved = cfg.model_dump(mode="json", exclude={"name"})
         resolved = {k: v for k, v in resolved.items() if k in STREAM_KEYS}
+        _validate(TrainConfig, _deep_merge(train, resolved.get("train") or {}), file, f"{where}.train")
         resolved["options"] = options
         if cfg.scenario == "class_incremental" and resolved["steps"] is None:
             resolved["steps"] = 1
@@ -225,7 +231,7 @@ def _streams(raw, file: Path, plugins) -> list[tuple[str, dict]]:
 
 
 def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict]]:
-    """(name, variant label, params, train config) for every method grid point."""
+    """(name, variant label, params, the entry's own train overrides) for every method grid point."""
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{file}: methods: must be a non-empty list of methods")
     out = []
@@ -246,8 +252,9 @@ def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict
         for point in _expand(entry):
             params = {k: v for k, v in point.items() if k not in METHOD_KEYS}
             resolved_params = _validate(method_cls.Params, params, file, where).model_dump(mode="json")
-            point_train = _validate(TrainConfig, _deep_merge(train, point.get("train", {}) or {}), file, f"{where}.train")
-            out.append((name, _label(name, point), resolved_params, point_train.model_dump(mode="json")))
+            own_train = point.get("train", {}) or {}
+            _validate(TrainConfig, _deep_merge(train, own_train), file, f"{where}.train")
+            out.append((name, _label(name, point), resolved_params, own_train))
     return out
 
 
@@ -282,19 +289,29 @@ def load_suite(path, plugins=None) -> Suite:
     executor = raw.get("executor", "local")
     if not isinstance(executor, str) or executor not in plugins.executors:
         raise UserError(f"{file}: executor: unknown executor '{executor}'{did_you_mean(str(executor), plugins.executors.names())}; known: {', '.join(plugins.executors.names())}")
+    loggers = raw.get("loggers", []) or []
+    if not isinstance(loggers, list) or not all(isinstance(x, str) for x in loggers):
+        raise UserError(f"{file}: loggers: must be a list of logger names, e.g. [csv, tensorboard]")
+    for name in loggers:
+        if name not in plugins.loggers:
+            raise UserError(f"{file}: loggers: unknown logger '{name}'{did_you_mean(name, plugins.loggers.names())}; known: {', '.join(plugins.loggers.names())}")
     if "streams" not in raw or "methods" not in raw:
         missing = "streams" if "streams" not in raw else "methods"
         raise UserError(f"{file}: {missing}: missing; a suite needs 'streams' and 'methods'")
-    streams = _streams(raw["streams"], file, plugins)
+    streams = _streams(raw["streams"], file, plugins, train_raw)
     methods = _methods(raw["methods"], file, plugins, train_raw)
     seeds = _seeds(raw.get("seeds", [0]), file)
 
     cells, ids = [], set()
-    for (label, stream), (method, variant, params, train), seed in itertools.product(streams, methods, seeds):
+    for (label, stream), (method, variant, params, method_train), seed in itertools.product(streams, methods, seeds):
+        stream = dict(stream)
+        stream_train = stream.pop("train", None) or {}
+        # suite defaults < the stream's overrides < the method entry's overrides
+        train = TrainConfig(**_deep_merge(_deep_merge(train_raw, stream_train), method_train)).model_dump(mode="json")
         config = {"method": method, "params": params, "stream": stream, "model": model, "train": train, "seed": seed}
         cid = cell_id_of(config)
         if cid in ids:
             raise UserError(f"{file}: methods: two entries give the same cell ({variant} on {label}, seed {seed}); remove the duplicate")
         ids.add(cid)
         cells.append(Cell(cid, method, variant, label, seed, config))
-    return Suite(name, file, tuple(cells), report, executor)
+    return Suite(name, file, tuple(cells), report, executor, tuple(loggers))

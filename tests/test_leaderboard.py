@@ -41,9 +41,11 @@ def board():
     return Leaderboard.from_records(fixed_records(), metrics=("last", "forgetting", "bwt"), source="tests/fixtures")
 
 
-@pytest.mark.parametrize("fmt, ext", [("csv", "csv"), ("md", "md"), ("latex", "tex")])
+@pytest.mark.parametrize("fmt, ext", [("csv", "csv"), ("md", "md"), ("latex", "tex"), ("md", "ref.md"), ("latex", "ref.tex")])
 def test_golden_output(fmt, ext):
-    text = board().render(fmt)
+    b = board() if not ext.startswith("ref") else Leaderboard.from_records(
+        fixed_records(), metrics=("last", "forgetting", "bwt"), source="tests/fixtures", reference="zeroshot")
+    text = b.render(fmt)
     path = GOLDEN / f"leaderboard.{ext}"
     if UPDATE:
         path.write_text(text)
@@ -87,12 +89,38 @@ def test_streams_with_one_label_but_different_data_are_kept_apart():
     assert len([s for s in b.streams() if s.startswith("toy-ci2 #")]) == 2
 
 
+def test_paired_comparison_by_hand():
+    b = Leaderboard.from_records(fixed_records(), metrics=("last",), reference="zeroshot")
+    row = b.paired[(b.paired.variant == "finetune (loss=ce)") & (b.paired.stream == "toy-ci2") & (b.paired.metric == "last")].iloc[0]
+    # seeds 0 and 1 exist for both: finetune last 0.7625, 0.75; zeroshot last (0.5*10+0.5*30)/40 = 0.5, (0.6*10+0.4*30)/40 = 0.45
+    assert row["pairs"] == 2 and row["diff"] == pytest.approx(((0.7625 - 0.5) + (0.75 - 0.45)) / 2)
+    from scipy import stats
+
+    assert row["p"] == pytest.approx(stats.ttest_rel([0.7625, 0.75], [0.5, 0.45]).pvalue)
+    assert "[+28.1†]" in b.cell("finetune (loss=ce)", "toy-ci2", "last")
+    with pytest.raises(Exception, match="no single row 'zeroshott'"):
+        Leaderboard.from_records(fixed_records(), reference="zeroshott")
+
+
+def test_merged_copies_count_once_and_class_order_conflicts_are_kept_apart():
+    records = fixed_records()
+    copy = dict(records[0])
+    assert Leaderboard.from_records(records + [copy]).n_records == 8  # the same cell from two machines counts once
+    other = dict(records[0], class_order_hash="different")
+    b = Leaderboard.from_records(records + [other], metrics=("last",))
+    assert b.conflicts == (records[0]["cell_id"],)
+    assert any("[order " in v for v in b.variants()) and "class orders differ" in b.footnote()
+
+
 def test_latex_escaping():
     assert latex_escape("a_b 5% #1 & {x}") == "a\\_b 5\\% \\#1 \\& \\{x\\}"
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX engine installed")
-def test_latex_compiles(tmp_path):
-    (tmp_path / "t.tex").write_text(board().to_latex())
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"], cwd=tmp_path, capture_output=True, timeout=120)
+@pytest.mark.parametrize("reference", [None, "zeroshot"])
+def test_latex_compiles(tmp_path, reference):
+    b = Leaderboard.from_records(fixed_records(), metrics=("last", "forgetting", "bwt"), reference=reference)
+    (tmp_path / "t.tex").write_text(b.to_latex())
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000

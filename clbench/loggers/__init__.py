@@ -1,0 +1,64 @@
+"""Run loggers: per-step logs for dashboards, switched on per suite with ``loggers: [...]``.
+
+Each logger is a plugin registered through ``clbench_add_loggers``. The
+dispatcher below is itself a plugin on the run's event hooks: at run start it
+builds the loggers the suite names, forwards every experience and cell end to
+them, and closes them at run end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clbench import hookimpl
+
+
+class Logger:
+    """Base class: override what you need."""
+
+    def __init__(self, results_dir: Path, suite):
+        self.results_dir = Path(results_dir)
+        self.suite = suite
+
+    def experience_end(self, cell, step: int, acc_row: list[float], learner) -> None:
+        pass
+
+    def cell_end(self, cell, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def seen_accuracy(cell_stream, step: int, acc_row: list[float], learner) -> float:
+    sizes = [len(e.test) for e in learner.stream.experiences[: step + 1]]
+    return sum(a * n for a, n in zip(acc_row, sizes)) / sum(sizes)
+
+
+class Dispatcher:
+    """Forwards run events to the loggers the running suite asked for (one per plugin manager)."""
+
+    def __init__(self, plugins):
+        self.plugins = plugins
+        self.active: list[Logger] = []
+
+    @hookimpl
+    def clbench_run_start(self, suite, results_dir, cells):
+        registry = self.plugins.loggers
+        self.active = [registry.get(name)(results_dir, suite) for name in getattr(suite, "loggers", ())]
+
+    @hookimpl
+    def clbench_experience_end(self, cell, step, acc_row, learner):
+        for logger in self.active:
+            logger.experience_end(cell, step, acc_row, learner)
+
+    @hookimpl
+    def clbench_cell_end(self, cell, record):
+        for logger in self.active:
+            logger.cell_end(cell, record)
+
+    @hookimpl
+    def clbench_run_end(self, suite, results_dir, summary):
+        for logger in self.active:
+            logger.close()
+        self.active = []
+

@@ -1,0 +1,146 @@
+"""The built-in loggers: csv (always available), tensorboard, wandb and mlflow (optional extras, offline-capable)."""
+from __future__ import annotations
+
+import csv
+import time
+
+from clbench import hookimpl
+from clbench.errors import UserError
+
+from . import Logger, seen_accuracy
+
+
+class CSVLogger(Logger):
+    """One row per experience of every cell in RESULTS/steps.csv (appended, so resumed runs add to it)."""
+
+    FIELDS = ["time", "cell_id", "method", "variant", "stream", "seed", "step", "seen_accuracy", "train_loss", "acc_row"]
+
+    def __init__(self, results_dir, suite):
+        super().__init__(results_dir, suite)
+        self.path = self.results_dir / "steps.csv"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self.file = open(self.path, "a", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        if new:
+            self.writer.writeheader()
+
+    def experience_end(self, cell, step, acc_row, learner):
+        self.writer.writerow({
+            "time": round(time.time(), 3), "cell_id": cell.cell_id, "method": cell.method, "variant": cell.variant,
+            "stream": cell.stream_label, "seed": cell.seed, "step": step, "seen_accuracy": round(seen_accuracy(None, step, acc_row, learner), 6),
+            "train_loss": learner.last_train_loss, "acc_row": " ".join(f"{a:.6f}" for a in acc_row),
+        })
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"loggers: '{extra}' needs the {module} package; pip install 'clbench[{extra}]'") from None
+
+
+class TensorBoardLogger(Logger):
+    """Scalars per cell under RESULTS/tensorboard/<cell_id>: seen accuracy and train loss per step, final metrics."""
+
+    def __init__(self, results_dir, suite):
+        super().__init__(results_dir, suite)
+        _require("tensorboard", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.SummaryWriter = SummaryWriter
+        self.writers = {}
+
+    def _writer(self, cell):
+        if cell.cell_id not in self.writers:
+            self.writers[cell.cell_id] = self.SummaryWriter(str(self.results_dir / "tensorboard" / cell.cell_id))
+        return self.writers[cell.cell_id]
+
+    def experience_end(self, cell, step, acc_row, learner):
+        w = self._writer(cell)
+        w.add_scalar("accuracy/seen", seen_accuracy(None, step, acc_row, learner), step + 1)
+        if learner.last_train_loss is not None:
+            w.add_scalar("train/loss", learner.last_train_loss, step + 1)
+
+    def cell_end(self, cell, record):
+        w = self._writer(cell)
+        for name, value in (record.get("metrics") or {}).items():
+            if value is not None:
+                w.add_scalar(f"metrics/{name}", value, 0)
+        w.add_text("config", f"```\n{record.get('variant')} | {record.get('stream')} | seed {record.get('seed')}\n```")
+        w.close()
+        self.writers.pop(cell.cell_id, None)
+
+    def close(self):
+        for w in self.writers.values():
+            w.close()
+
+
+class WandbLogger(Logger):
+    """One W&B run per cell; offline by default (WANDB_MODE=online to sync), files under RESULTS/wandb."""
+
+    def __init__(self, results_dir, suite):
+        super().__init__(results_dir, suite)
+        self.wandb = _require("wandb", "wandb")
+        self.runs = {}
+
+    def _run(self, cell):
+        import os
+
+        if cell.cell_id not in self.runs:
+            self.runs[cell.cell_id] = self.wandb.init(
+                project=f"clbench-{self.suite.name}", name=f"{cell.variant} | {cell.stream_label} | {cell.seed}",
+                id=cell.cell_id, config=cell.config, dir=str(self.results_dir), reinit=True,
+                mode=os.environ.get("WANDB_MODE", "offline"),
+            )
+        return self.runs[cell.cell_id]
+
+    def experience_end(self, cell, step, acc_row, learner):
+        self._run(cell).log({"accuracy/seen": seen_accuracy(None, step, acc_row, learner), "step": step + 1})
+
+    def cell_end(self, cell, record):
+        run = self._run(cell)
+        run.summary.update({k: v for k, v in (record.get("metrics") or {}).items() if v is not None})
+        run.finish()
+        self.runs.pop(cell.cell_id, None)
+
+
+class MLflowLogger(Logger):
+    """One MLflow run per cell in a local store (RESULTS/mlruns) unless MLFLOW_TRACKING_URI says otherwise."""
+
+    def __init__(self, results_dir, suite):
+        super().__init__(results_dir, suite)
+        import os
+
+        self.mlflow = _require("mlflow", "mlflow")
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            self.mlflow.set_tracking_uri((self.results_dir / "mlruns").resolve().as_uri())
+        self.mlflow.set_experiment(f"clbench-{suite.name}")
+        self.active = None
+
+    def experience_end(self, cell, step, acc_row, learner):
+        if self.active != cell.cell_id:
+            self.mlflow.start_run(run_name=f"{cell.variant} | {cell.stream_label} | {cell.seed}")
+            self.mlflow.log_params({"method": cell.method, "variant": cell.variant, "stream": cell.stream_label, "seed": cell.seed})
+            self.active = cell.cell_id
+        self.mlflow.log_metric("accuracy_seen", seen_accuracy(None, step, acc_row, learner), step=step + 1)
+
+    def cell_end(self, cell, record):
+        if self.active == cell.cell_id:
+            self.mlflow.log_metrics({k: v for k, v in (record.get("metrics") or {}).items() if v is not None})
+            self.mlflow.end_run()
+            self.active = None
+
+
+@hookimpl
+def clbench_add_loggers(register):
+    register("csv", CSVLogger)
+    register("tensorboard", TensorBoardLogger)
+    register("wandb", WandbLogger)
+    register("mlflow", MLflowLogger)
