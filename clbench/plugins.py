@@ -106,29 +106,23 @@ class Plugins:
         self.pm.hook.clbench_add_methods(register=register)
         return reg
 
+    def _named(self, kind: str, hook) -> Registry:
+        """A registry filled by a hook whose ``register`` takes (name, object)."""
+        reg: Registry = Registry(kind)
+        hook(register=lambda name, obj: reg.register(name, obj, self.origin_of(obj)))
+        return reg
+
     @cached_property
     def datasets(self) -> Registry:
-        reg: Registry = Registry("dataset")
-        self.pm.hook.clbench_add_datasets(
-            register=lambda name, factory: reg.register(name, factory, self.origin_of(factory))
-        )
-        return reg
+        return self._named("dataset", self.pm.hook.clbench_add_datasets)
 
     @cached_property
     def executors(self) -> Registry:
-        reg: Registry = Registry("executor")
-        self.pm.hook.clbench_add_executors(
-            register=lambda name, cls: reg.register(name, cls, self.origin_of(cls))
-        )
-        return reg
+        return self._named("executor", self.pm.hook.clbench_add_executors)
 
     @cached_property
     def loggers(self) -> Registry:
-        reg: Registry = Registry("logger")
-        self.pm.hook.clbench_add_loggers(
-            register=lambda name, cls: reg.register(name, cls, self.origin_of(cls))
-        )
-        return reg
+        return self._named("logger", self.pm.hook.clbench_add_loggers)
 
     def registry(self, kind: str) -> Registry:
         return {"methods": self.methods, "datasets": self.datasets, "executors": self.executors, "loggers": self.loggers}[kind]
