@@ -56,7 +56,10 @@ def plot_accuracy_curves(records, out_dir: Path, plt) -> list[Path]:
             mean, std = runs.mean(0), runs.std(0)
             ax.plot(steps, mean, marker="o", label=f"{variant} (n={len(runs)})")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
-        ax.set(xlabel="step", ylabel="accuracy on seen classes (%)", title=stream)
+        ax.set(xlabel="step", ylabel="accuracy on test data seen so far (%)", title=stream)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         fig.tight_layout()
