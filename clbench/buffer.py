@@ -157,4 +157,13 @@ class ReplayBuffer:
         return self.data.load(index), self.data.labels[index]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "seen_samples": self.seen_samples, "class_seen": dict(self.class_seen)}
+        return {"generator": self.generator.get_state(), "seen_samples": self.seen_samples,
+                "class_seen": dict(self.class_seen), "data": None if self.data is None else self.data.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from .data.base import image_set_from_state
+
+        self.generator.set_state(state["generator"])
+        self.seen_samples = state["seen_samples"]
+        self.class_seen = dict(state["class_seen"])
+        self.data = None if state["data"] is None else image_set_from_state(state["data"])

@@ -50,10 +50,11 @@ def cli():
 @click.option("--executor", default=None, help="Where cells run (default: the suite's, else local).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel workers, for executors that have them.")
 @click.option("--only", "only", multiple=True, help="Run only cells whose method, variant, stream or id match this glob (repeatable).")
-@click.option("--retry-failed", is_flag=True, help="Run cells whose record says failed again.")
+@click.option("--retry-failed", is_flag=True, help="Run cells whose record says failed again (from their last checkpoint).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep each cell's last checkpoint after its record is written.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their status; run nothing.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the datasets (sets $CLBENCH_DATA).")
-def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run, data_root):
+def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_checkpoints, dry_run, data_root):
     """Run every cell of SUITE_FILE that the results folder lacks, then print the leaderboard."""
     if data_root:
         import os
@@ -62,6 +63,8 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run,
     from .leaderboard import Leaderboard, write_leaderboard
     from .plugins import get_plugins
     from .progress import GridProgress
+    from .checkpoint import CellCheckpoint
+    from .locks import cell_lock
     from .results import ResultStore
     from .runner import run_cell
     from .suite import load_suite
@@ -86,20 +89,31 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, dry_run,
     skipped = len(cells) - len(todo)
     click.echo(f"suite {suite.name}: {len(cells)} cells, {skipped} already in {results_dir}, {len(todo)} to run", err=True)
     plugins.run_start(suite=suite, results_dir=results_dir, cells=todo)
-    failed = 0
+    failed, elsewhere = 0, 0
     with GridProgress(len(todo)) as progress:
         def run_one(cell):
-            nonlocal failed
-            progress.cell_started(cell)
-            record = run_cell(cell, plugins, progress)
-            store.write(record)
+            nonlocal failed, elsewhere
+            with cell_lock(results_dir / "locks", cell.cell_id) as mine:
+                now = store.status(cell.cell_id)  # another process may have finished it meanwhile
+                if not mine or now == "done" or (now == "failed" and not retry_failed):
+                    elsewhere += 1
+                    progress.cell_skipped(cell, "running in another process" if not mine else f"{now} by another process")
+                    return None
+                progress.cell_started(cell)
+                record = run_cell(cell, plugins, progress, checkpoints=results_dir / "checkpoints")
+                store.write(record)
+                if record["status"] == "done" and not keep_checkpoints:
+                    CellCheckpoint(results_dir / "checkpoints", cell.cell_id).remove()
             failed += record["status"] != "done"
             plugins.cell_end(cell=cell, record=record)
             progress.cell_finished(cell, record)
             return record
 
         runner.run(todo, run_one)
-    plugins.run_end(suite=suite, results_dir=results_dir, summary={"done": len(todo) - failed, "failed": failed, "skipped": skipped})
+    summary = {"done": len(todo) - failed - elsewhere, "failed": failed, "skipped": skipped, "elsewhere": elsewhere}
+    plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
+    if elsewhere:
+        click.echo(f"{elsewhere} cell(s) were taken by another clbench run on {results_dir}", err=True)
     ids = {c.cell_id for c in suite.cells}
     records = [r for r in store.records() if r.get("cell_id") in ids]
     board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir), order=[c.cell_id for c in suite.cells],
@@ -219,18 +233,25 @@ def show(target):
     click.echo("  cost: " + ", ".join(f"{k}={v}" for k, v in cost.items()))
 
 
+INTERRUPTED = "interrupted; finished cells and the running cell's last checkpoint are kept: rerun the same command to resume"
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)  # a scheduler's SIGTERM ends a run like Ctrl-C: cleanly, exit 130
     try:
         cli.main(args=argv, prog_name="clbench", standalone_mode=False)
         sys.exit(0)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted; rerun the same command to resume (finished cells are kept)", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume (finished cells are kept)", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)

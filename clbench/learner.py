@@ -199,6 +199,19 @@ class Learner:
             p.requires_grad_(False)
         return frozen
 
+    # --- resume ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        c = self.cost
+        return {"generator": self.generator.get_state(), "last_train_loss": self.last_train_loss,
+                "cost": [c.train_images, c.train_seconds, c.eval_images, c.eval_seconds]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.last_train_loss = state["last_train_loss"]
+        c = self.cost
+        c.train_images, c.train_seconds, c.eval_images, c.eval_seconds = state["cost"]
+        self.text_tower_changed()
+
     # --- evaluation ---------------------------------------------------------
     @torch.no_grad()
     def accuracy(self, predict: PredictFn, data: ImageSet, classes: list[int]) -> float:

@@ -51,6 +51,15 @@ class GridProgress:
         else:
             self._say(f"    experience {step + 1}/{steps} done")
 
+    def cell_skipped(self, cell, why: str) -> None:
+        self.done += 1
+        text = f"{cell.variant} | {cell.stream_label} | seed {cell.seed}: skipped, {why}"
+        if self._bars:
+            self._bars.advance(self._grid)
+            self._bars.console.print(text)
+        else:
+            self._say(f"[{self.done}/{self.total}] {text}")
+
     def cell_finished(self, cell, record: dict) -> None:
         self.done += 1
         seconds = time.perf_counter() - self._started.pop(cell.cell_id, time.perf_counter())

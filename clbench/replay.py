@@ -38,3 +38,9 @@ class ReplayMethod(Method):
 
     def buffer_summary(self) -> dict:
         return self.buffer.summary()
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])

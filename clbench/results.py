@@ -7,16 +7,39 @@ run again; ``failed`` cells are kept with their error and run again on request.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 RECORDS = "records"
+CORRUPT = "corrupt"
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends, so a rename in progress always completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda s, f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in caught:
+            signal.raise_signal(sig)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a flushed temp file and a rename: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -24,7 +47,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with signals_deferred():
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -44,13 +68,26 @@ class ResultStore:
         return path
 
     def read(self, cell_id: str) -> dict | None:
+        """The record, or None; a truncated or corrupt record is moved to records/corrupt/ so the cell runs again."""
         path = self.path(cell_id)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or record.get("cell_id") != cell_id or "status" not in record:
+                raise ValueError("not a record of this cell")
+            return record
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None  # unreadable: treated as missing, so the cell runs again
+        except (ValueError, UnicodeDecodeError):
+            self.move_aside(path)
+            return None
+
+    def move_aside(self, path: Path) -> None:
+        folder = self.records_dir / CORRUPT
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, folder / f"{path.name}.{int(time.time() * 1000)}")
+        except FileNotFoundError:
+            pass
 
     def status(self, cell_id: str) -> str | None:
         record = self.read(cell_id)

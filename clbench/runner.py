@@ -1,12 +1,15 @@
 """Running one cell: build its stream, model and method, train through the stream, write its record."""
 from __future__ import annotations
 
+import math
 import random
 import traceback
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoint import CellCheckpoint, rng_state, set_rng_state
 from .config import TrainConfig
 from .cost import CostMeter
 from .data.scenarios import build_stream
@@ -45,8 +48,12 @@ def _base_record(cell: Cell) -> dict:
     }
 
 
-def run_cell(cell: Cell, plugins, progress=None) -> dict:
-    """The cell's record; a failure inside the cell becomes a ``failed`` record, bad input a UserError."""
+def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None) -> dict:
+    """The cell's record; a failure inside the cell becomes a ``failed`` record, bad input a UserError.
+
+    With a ``checkpoints`` folder the cell saves its state after every experience but the
+    last, and a later call resumes from the last one saved.
+    """
     seed_everything(cell.seed)
     train = TrainConfig(**cell.config["train"])
     record = _base_record(cell)
@@ -62,10 +69,24 @@ def run_cell(cell: Cell, plugins, progress=None) -> dict:
         learner = Learner(clip, stream, train, cell.seed)
         method_cls = plugins.methods.get(cell.method)
         method = method_cls(method_cls.Params(**cell.params), learner)
-        initial = learner.evaluate_initial()
-        control_before = learner.control_accuracy()
-        rows, losses = record["acc_matrix"], []
+        checkpoint = CellCheckpoint(checkpoints, cell.cell_id) if checkpoints else None
+        saved = checkpoint.load() if checkpoint else None
+        if saved:
+            learner.model.load_state_dict(saved["model"])
+            method.load_state_dict(saved["method"])
+            learner.load_state_dict(saved["learner"])
+            set_rng_state(saved["rng"])
+            initial, control_before, losses, start = saved["initial"], saved["control_before"], saved["losses"], saved["next_step"]
+            record["acc_matrix"] = rows = list(saved["rows"])
+            resumed_at = start
+        else:
+            initial = learner.evaluate_initial()
+            control_before = learner.control_accuracy()
+            rows, losses, start, resumed_at = record["acc_matrix"], [], 0, None
+        last = len(stream.experiences) - 1
         for step, exp in enumerate(stream.experiences):
+            if step < start:
+                continue
             method.before_experience(exp)
             if method_cls.trains:
                 method.train(exp)
@@ -73,8 +94,15 @@ def run_cell(cell: Cell, plugins, progress=None) -> dict:
             losses.append(learner.last_train_loss if method_cls.trains else None)
             rows.append(learner.evaluate(method.predict, step))
             plugins.experience_end(cell=cell, step=step, acc_row=rows[-1], learner=learner)
+            if not all(math.isfinite(a) for a in rows[-1]) or (losses[-1] is not None and not math.isfinite(losses[-1])):
+                raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
             if progress:
                 progress.experience_done(cell, step, len(stream.experiences))
+            if checkpoint and step < last:
+                checkpoint.save({
+                    "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
+                    "model": learner.model.state_dict(), "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
+                })
         step = None
         control_after = learner.control_accuracy()
         sizes = [len(e.test) for e in stream.experiences]
@@ -94,5 +122,7 @@ def run_cell(cell: Cell, plugins, progress=None) -> dict:
     buffer_summary = getattr(method, "buffer_summary", None)
     record["buffer"] = buffer_summary() if buffer_summary else {"exemplars": 0, "bytes": 0}
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
+    if learner is not None and locals().get("resumed_at") is not None:
+        record["cost"]["resumed_at_experience"] = locals()["resumed_at"]
     record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed)
     return record

@@ -221,6 +221,14 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
         resolved["options"] = options
         if cfg.scenario == "class_incremental" and resolved["steps"] is None:
             resolved["steps"] = 1
+        known = getattr(factory, "num_classes", None)  # class count without reading the data, where the dataset knows it
+        n_classes = known(options) if known else None
+        if n_classes is not None:
+            usable = n_classes - cfg.holdout_classes
+            if usable < 1:
+                raise UserError(f"{file}: {where}.holdout_classes: {cfg.holdout_classes} leaves no class of the {n_classes} for the stream")
+            if cfg.scenario == "class_incremental" and resolved["steps"] > usable:
+                raise UserError(f"{file}: {where}.steps: {resolved['steps']} steps but the stream has only {usable} classes; use at most {usable}")
         label = cfg.name or (f"{cfg.dataset}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{cfg.dataset}-di")
         out.append((label, resolved))
     labels = [label for label, _ in out]

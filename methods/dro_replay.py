@@ -67,6 +67,15 @@ class DROReplay(ReplayMethod):
         super().after_experience(exp)
         self.history.append({"experience": exp.index, "weights": {str(c): round(w, 6) for c, w in sorted(self.class_weights().items())}})
 
+    def state_dict(self):
+        return {**super().state_dict(), "log_u": self.kl.log_u, "log_q": dict(self.eg.log_q),
+                "class_loss": dict(self.class_loss), "history": self.history}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.kl.log_u, self.eg.log_q = state["log_u"], dict(state["log_q"])
+        self.class_loss, self.history = dict(state["class_loss"]), list(state["history"])
+
     def record_extras(self):
         return {"formula": "kl-dro moving-average normaliser" if self.params.update == "kl" else "group-dro exponentiated gradient",
                 "class_weights": self.history}

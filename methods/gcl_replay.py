@@ -31,6 +31,13 @@ class GCLReplay(ReplayMethod):
         seen_t = torch.tensor(seen, device=labels.device)
         return self.objective.loss(learner.encode_images(images), labels, text, seen_t, learner.logit_scale)
 
+    def state_dict(self):
+        return {**super().state_dict(), "log_u": dict(self.objective.log_u)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.objective.log_u = dict(state["log_u"])
+
     def record_extras(self):
         return {"formula": "global contrastive, per-class moving-average normalisers", "gamma": self.params.gamma}
 

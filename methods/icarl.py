@@ -78,6 +78,13 @@ class ICaRL(ReplayMethod):
         protos = torch.stack([self.prototypes.get(c, text[i]) for i, c in enumerate(classes)])
         return features @ protos.t()
 
+    def state_dict(self):
+        return {**super().state_dict(), "prototypes": dict(self.prototypes)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.prototypes = {int(c): v.to(self.learner.device) for c, v in state["prototypes"].items()}
+
     def record_extras(self):
         return {"prototypes": len(self.prototypes), "distill_weight": self.params.distill_weight}
 

@@ -37,6 +37,11 @@ class ImageSet:
         """Bytes these images take as stored (pixels in memory, or files on disk), plus labels."""
         raise NotImplementedError
 
+    def state(self) -> dict:
+        """Tensors and plain values that rebuild this set (for checkpoints read with weights_only)."""
+        raise NotImplementedError
+
+
     def where(self, classes=None, domains=None) -> "ImageSet":
         keep = torch.ones(len(self), dtype=torch.bool)
         if classes is not None:
@@ -84,6 +89,17 @@ class InMemoryImageSet(ImageSet):
 
     def stored_bytes(self) -> int:
         return self.images.numel() * self.images.element_size() + len(self) * 8
+
+    def state(self) -> dict:
+        return {"kind": "memory", "images": self.images, "labels": self.labels, "domains": self.domains}
+
+
+def image_set_from_state(state: dict) -> ImageSet:
+    if state["kind"] == "memory":
+        return InMemoryImageSet(state["images"], state["labels"], state["domains"])
+    from .files import FileImageSet
+
+    return FileImageSet(state["paths"], state["labels"], state["domains"], state["size"], state["workers"])
 
 
 @dataclass

@@ -112,6 +112,7 @@ def build_cifar100(**options) -> Dataset:
 
 
 build_cifar100.Options = CifarOptions
+build_cifar100.num_classes = lambda options: 100
 
 
 @hookimpl

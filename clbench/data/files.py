@@ -88,6 +88,10 @@ class FileImageSet(ImageSet):
         """The encoded files: what a system keeping these exemplars on disk would hold."""
         return sum(os.path.getsize(p) for p in self.paths) + len(self) * 8
 
+    def state(self) -> dict:
+        return {"kind": "files", "paths": list(self.paths), "labels": self.labels, "domains": self.domains,
+                "size": self.size, "workers": self.workers}
+
     def load(self, index: torch.Tensor) -> torch.Tensor:
         images, bad = _collate([_Decoder(self.paths, self.size)[i] for i in torch.as_tensor(index).tolist()])
         if bad:

@@ -69,6 +69,7 @@ def build_imagenet100(**options) -> Dataset:
 
 build_imagenet1k.Options = ImageNetOptions
 build_imagenet100.Options = ImageNetOptions
+build_imagenet100.num_classes = lambda options: 100
 
 
 @hookimpl

@@ -162,6 +162,7 @@ def build_synthetic(**options) -> Dataset:
 
 
 build_synthetic.Options = SyntheticOptions
+build_synthetic.num_classes = lambda options: options["num_classes"]
 
 
 @hookimpl

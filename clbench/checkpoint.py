@@ -1,0 +1,85 @@
+"""Checkpoints inside a cell, so an interrupted cell resumes at its last finished experience.
+
+After each experience the runner writes everything the rest of the cell
+depends on: model weights, the method's state (buffer, DRO weights,
+prototypes, …), the Learner's data-order generator and cost counters, the
+global RNG states, and the accuracy-matrix rows so far. The optimizer, its
+schedule and the AMP scaler are rebuilt at the start of every experience by
+the Learner, so an experience boundary holds none of their state. Files are
+written atomically and read with ``torch.load(weights_only=True)``; an
+unreadable checkpoint is moved aside and the cell starts over.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .results import signals_deferred
+
+FORMAT = 1
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CellCheckpoint:
+    def __init__(self, folder: Path, cell_id: str):
+        self.path = Path(folder) / f"{cell_id}.pt"
+        self.cell_id = cell_id
+
+    def save(self, state: dict) -> None:
+        state = {"format": FORMAT, "cell_id": self.cell_id, **state}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            with signals_deferred():
+                os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none; a broken file is moved aside."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if state.get("format") != FORMAT or state.get("cell_id") != self.cell_id:
+                raise ValueError("not a checkpoint of this cell")
+            return state
+        except Exception:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            return None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
