@@ -100,7 +100,10 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
                     progress.cell_skipped(cell, "running in another process" if not mine else f"{now} by another process")
                     return None
                 progress.cell_started(cell)
-                record = run_cell(cell, plugins, progress, checkpoints=results_dir / "checkpoints")
+                try:
+                    record = run_cell(cell, plugins, progress, checkpoints=results_dir / "checkpoints")
+                except UserError as exc:
+                    raise UserError(f"{suite_file}: {exc}") from None
                 store.write(record)
                 if record["status"] == "done" and not keep_checkpoints:
                     CellCheckpoint(results_dir / "checkpoints", cell.cell_id).remove()

@@ -11,6 +11,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
 
 
+def looks_like_path(value: str) -> bool:
+    """A model.pretrained value naming a file rather than an open_clip tag."""
+    return "/" in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from .config import looks_like_path as _looks_like_path
 from .errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -43,10 +44,6 @@ class ClipModel:
 def _image_size(model) -> int:
     size = getattr(model.visual, "image_size", 224)
     return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def build_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipModel:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .config import looks_like_path as _looks_like_path
 from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, TrainConfig
 from .errors import UserError
 from .metrics import METRICS
@@ -288,6 +289,9 @@ def load_suite(path, plugins=None) -> Suite:
     if not isinstance(name, str) or not name or "/" in name:
         raise UserError(f"{file}: name: must be a non-empty string without '/'")
     model = _validate(ModelConfig, raw.get("model", {}) or {}, file, "model").model_dump(mode="json")
+    pretrained = model.get("pretrained")
+    if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
+        raise UserError(f"{file}: model.pretrained: checkpoint file '{pretrained}' not found; put the weights there or fix the path")
     train_raw = raw.get("train", {}) or {}
     _validate(TrainConfig, train_raw, file, "train")
     report = _validate(ReportConfig, raw.get("report", {}) or {}, file, "report")
