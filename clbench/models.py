@@ -9,7 +9,6 @@ registered with open_clip at import, so tests and demos need no download.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
