@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-for batch in 128 256; do
-  python3 bench/gpu_check.py --arch ViT-B-16 --batch "$batch" --steps 40 --eval-batch 512
-done
+python3 bench/gpu_check.py --arch ViT-B-16 --batch 128 --steps 40 --host-data   # batches copied from host memory
+python3 bench/gpu_check.py --arch ViT-B-16 --batch 128 --steps 40                # uint8 data resident on the GPU
+python3 bench/gpu_check.py --arch ViT-B-16 --batch 256 --steps 40
+python3 bench/gpu_check.py --arch ViT-B-16 --batch 128 --steps 40 --compile      # torch.compile'd encoders

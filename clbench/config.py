@@ -38,6 +38,8 @@ class TrainConfig(Section):
     grad_clip: Optional[PositiveFloat] = None  # max global gradient norm
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on CUDA, off on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
+    data_on_device: bool = True  # keep in-memory datasets (uint8) on the GPU: no host-to-device copy per batch
+    compile: bool = False  # torch.compile the image and text encoders
 
 
 class StreamConfig(Section):

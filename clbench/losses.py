@@ -42,13 +42,16 @@ def cross_entropy_loss(image_features, labels, text_features, classes, logit_sca
 def label_space(learner, labels: torch.Tensor, exp, loss: str) -> torch.Tensor:
     """The classes a batch is scored against: its own classes (contrastive) or every seen class (ce)."""
     if loss == "contrastive":
-        return labels.unique()
+        # the Learner keeps the batch's classes on the host, so this costs no device sync
+        classes = getattr(learner, "batch_classes", None)
+        return labels.unique() if classes is None else classes.to(labels.device, non_blocking=True)
     return torch.tensor(learner.stream.seen(exp.index), device=labels.device)
 
 
 def clip_objective(learner, images, labels, exp, loss: str = "contrastive", template: int = 0, grad_text: bool = True):
     """finetune's objective on one (possibly mixed) batch: ``contrastive`` or ``ce``, as in SPEC.md."""
     classes = label_space(learner, labels, exp, loss)
-    text = learner.class_features(classes.tolist(), template=template, grad=grad_text)
+    ids = getattr(learner, "batch_classes", None) if loss == "contrastive" else None
+    text = learner.class_features((classes if ids is None else ids).tolist(), template=template, grad=grad_text)
     objective = contrastive_loss if loss == "contrastive" else cross_entropy_loss
     return objective(learner.encode_images(images), labels, text, classes, learner.logit_scale)

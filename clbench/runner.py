@@ -15,6 +15,7 @@ from .cost import CostMeter
 from .data.scenarios import build_stream
 from .errors import UserError
 from .learner import Learner, pick_device
+from .method import Method
 from .manifest import manifest
 from .metrics import METRICS, compute_metrics
 from .models import build_clip
@@ -92,7 +93,8 @@ def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None
                 method.train(exp)
             method.after_experience(exp)
             losses.append(learner.last_train_loss if method_cls.trains else None)
-            rows.append(learner.evaluate(method.predict, step))
+            default_rule = type(method).predict is Method.predict  # then cached image features can be reused
+            rows.append(learner.evaluate(None if default_rule else method.predict, step))
             plugins.experience_end(cell=cell, step=step, acc_row=rows[-1], learner=learner)
             if not all(math.isfinite(a) for a in rows[-1]) or (losses[-1] is not None and not math.isfinite(losses[-1])):
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")

@@ -49,3 +49,12 @@ def test_finetune_learns_the_current_experience(plugins, loss):
     A = r["acc_matrix"]
     assert A[1][1] > 0.5  # 6 classes in the classifier: chance is 1/6
     assert all(torch.isfinite(torch.tensor(l)) for l in r["train_loss"])
+
+
+def test_frozen_model_encodes_each_test_image_once(plugins):
+    """zeroshot over T steps costs one pass over the test sets (features reused while weights are unchanged)."""
+    r = run_method(plugins.methods.get("zeroshot"), plugins=plugins)
+    test_images = sum(e["test_size"] for e in r["experiences"])
+    assert r["cost"]["eval_images"] == test_images
+    f = run_method(plugins.methods.get("finetune"), plugins=plugins)
+    assert f["cost"]["eval_images"] == test_images * (1 + len(f["experiences"]))  # re-encoded after each training step

@@ -83,6 +83,10 @@ class InMemoryImageSet(ImageSet):
     def load(self, index: torch.Tensor) -> torch.Tensor:
         return self.images[index]
 
+    def to(self, device) -> "InMemoryImageSet":
+        """Pixels on ``device``; labels stay on the host, so choosing classes never waits on the device."""
+        return InMemoryImageSet(self.images.to(device), self.labels, self.domains)
+
     def concat(self, other: "InMemoryImageSet") -> "InMemoryImageSet":
         domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])
         return InMemoryImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), domains)

@@ -56,6 +56,16 @@ class Stream:
             classes = classes + [c for c in self.experiences[j].classes if c not in classes]
         return classes
 
+    def to_device(self, device) -> None:
+        """Move in-memory image sets to ``device`` (file-backed sets stay where they are)."""
+        for exp in self.experiences:
+            for name in ("train", "test"):
+                data = getattr(exp, name)
+                if hasattr(data, "images"):
+                    setattr(exp, name, data.to(device))
+        if self.control is not None and hasattr(self.control, "images"):
+            self.control = self.control.to(device)
+
     @property
     def class_order_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.class_order).encode()).hexdigest()[:16]
