@@ -186,7 +186,8 @@ class Learner:
                     if text_trainable:
                         self.text_tower_changed()
         self.batch_classes = None
-        self.model_version += 1
+        if any(p.requires_grad for p in self.model.visual.parameters()):
+            self.model_version += 1  # cached image features are stale; a frozen image tower keeps them
         self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
 
     @torch.no_grad()

@@ -58,3 +58,18 @@ def test_frozen_model_encodes_each_test_image_once(plugins):
     assert r["cost"]["eval_images"] == test_images
     f = run_method(plugins.methods.get("finetune"), plugins=plugins)
     assert f["cost"]["eval_images"] == test_images * (1 + len(f["experiences"]))  # re-encoded after each training step
+
+
+def test_image_features_survive_training_of_the_text_tower_only(plugins):
+    from clbench.testing import TINY_STREAM
+
+    class TextOnly(plugins.methods.get("finetune")):
+        name = "text_only_finetune"
+
+        def before_experience(self, exp):
+            for p in self.learner.model.visual.parameters():
+                p.requires_grad_(False)
+
+    r = run_method(TextOnly, plugins=plugins)
+    assert r["status"] == "done"
+    assert r["cost"]["eval_images"] == sum(e["test_size"] for e in r["experiences"])  # one pass: the image tower never changed
