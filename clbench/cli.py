@@ -112,7 +112,15 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
             progress.cell_finished(cell, record)
             return record
 
-        runner.run(todo, run_one)
+        worker_args = [str(suite_file), "--results", str(results_dir), *[a for pat in only for a in ("--only", pat)]]
+        worker_args += ["--retry-failed"] * retry_failed + ["--keep-checkpoints"] * keep_checkpoints
+        if workers > 1:
+            runner.run(todo, run_one, worker_args=worker_args)
+        else:
+            runner.run(todo, run_one)
+    if workers > 1:  # the workers wrote the records; count from them
+        done_now = [store.status(c.cell_id) for c in todo]
+        failed, elsewhere = done_now.count("failed"), 0
     summary = {"done": len(todo) - failed - elsewhere, "failed": failed, "skipped": skipped, "elsewhere": elsewhere}
     plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
     if elsewhere:
