@@ -21,18 +21,18 @@ HIGHER_IS_BETTER = {
 METRICS = tuple(HIGHER_IS_BETTER)
 
 
-def _union_accuracy(row: Sequence[float], sizes: Sequence[int], upto: int) -> float:
+def seen_accuracy(row: Sequence[float], sizes: Sequence[int], upto: int) -> float:
     """Sample-weighted accuracy over the test sets of experiences 0..upto."""
     n = sum(sizes[: upto + 1])
     return sum(row[j] * sizes[j] for j in range(upto + 1)) / n
 
 
 def last(A, sizes) -> float:
-    return _union_accuracy(A[-1], sizes, len(A) - 1)
+    return seen_accuracy(A[-1], sizes, len(A) - 1)
 
 
 def avg_inc(A, sizes) -> float:
-    return sum(_union_accuracy(A[t], sizes, t) for t in range(len(A))) / len(A)
+    return sum(seen_accuracy(A[t], sizes, t) for t in range(len(A))) / len(A)
 
 
 def avg_acc(A) -> float:

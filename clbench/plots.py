@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .aggregate import dedupe
+from .metrics import seen_accuracy
 
 
 def _pyplot():
@@ -21,8 +22,7 @@ def _pyplot():
 def seen_accuracy_curve(record: dict) -> list[float]:
     """Sample-weighted accuracy over experiences 0..t after step t, for each t."""
     sizes = [e["test_size"] for e in record["experiences"]]
-    A = record["acc_matrix"]
-    return [sum(A[t][j] * sizes[j] for j in range(t + 1)) / sum(sizes[: t + 1]) for t in range(len(A))]
+    return [seen_accuracy(row, sizes, t) for t, row in enumerate(record["acc_matrix"])]
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:

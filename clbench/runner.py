@@ -59,7 +59,7 @@ def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None
     train = TrainConfig(**cell.config["train"])
     record = _base_record(cell)
     record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
-    learner, method, step = None, None, None
+    learner, method, step, resumed_at = None, None, None, None
     try:
         clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device))
         stream = build_cell_stream(cell, plugins, clip.image_size)
@@ -83,7 +83,7 @@ def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None
         else:
             initial = learner.evaluate_initial()
             control_before = learner.control_accuracy()
-            rows, losses, start, resumed_at = record["acc_matrix"], [], 0, None
+            rows, losses, start = record["acc_matrix"], [], 0
         last = len(stream.experiences) - 1
         for step, exp in enumerate(stream.experiences):
             if step < start:
@@ -96,7 +96,7 @@ def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None
             default_rule = type(method).predict is Method.predict  # then cached image features can be reused
             rows.append(learner.evaluate(None if default_rule else method.predict, step))
             plugins.experience_end(cell=cell, step=step, acc_row=rows[-1], learner=learner)
-            if not all(math.isfinite(a) for a in rows[-1]) or (losses[-1] is not None and not math.isfinite(losses[-1])):
+            if losses[-1] is not None and not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
             if progress:
                 progress.experience_done(cell, step, len(stream.experiences))
@@ -124,7 +124,7 @@ def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None
     buffer_summary = getattr(method, "buffer_summary", None)
     record["buffer"] = buffer_summary() if buffer_summary else {"exemplars": 0, "bytes": 0}
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
-    if learner is not None and locals().get("resumed_at") is not None:
-        record["cost"]["resumed_at_experience"] = locals()["resumed_at"]
+    if resumed_at is not None:
+        record["cost"]["resumed_at_experience"] = resumed_at
     record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed)
     return record

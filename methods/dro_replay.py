@@ -34,7 +34,10 @@ class DROReplay(ReplayMethod):
         super().__init__(params, learner)
         self.kl = KLDRO(params.lam, params.gamma)
         self.eg = GroupDRO(params.eta)
-        self.class_loss: dict[int, float] = {}  # moving average of each class's loss, for the record
+        # moving average of each class's loss, for the record; kept on the device so steps never sync
+        n = learner.dataset.num_classes
+        self.class_loss = torch.zeros(n, device=learner.device)
+        self.class_seen = torch.zeros(n, dtype=torch.bool, device=learner.device)
         self.history: list[dict] = []
 
     def loss(self, images, labels, exp):
@@ -50,18 +53,20 @@ class DROReplay(ReplayMethod):
         return self.kl.loss(class_losses)
 
     def _track(self, classes, class_losses) -> None:
-        g = self.params.gamma
-        for c, l in zip(classes.tolist(), class_losses.detach().float().cpu().tolist()):
-            self.class_loss[c] = l if c not in self.class_loss else (1 - g) * self.class_loss[c] + g * l
+        g, loss = self.params.gamma, class_losses.detach().float()
+        old = self.class_loss[classes]
+        self.class_loss[classes] = torch.where(self.class_seen[classes], (1 - g) * old + g * loss, loss)
+        self.class_seen[classes] = True
 
     def class_weights(self) -> dict[int, float]:
         """The weight each seen class gets now: softmax(L̄/λ) (kl) or q (eg)."""
         if self.params.update == "eg":
             return self.eg.weights()
-        if not self.class_loss:
+        classes = self.class_seen.nonzero().flatten()
+        if not len(classes):
             return {}
-        z = torch.tensor(list(self.class_loss.values())) / self.params.lam
-        return dict(zip(self.class_loss, torch.softmax(z, 0).tolist()))
+        weights = torch.softmax(self.class_loss[classes] / self.params.lam, 0)
+        return dict(zip(classes.tolist(), weights.tolist()))
 
     def after_experience(self, exp) -> None:
         super().after_experience(exp)
@@ -69,12 +74,14 @@ class DROReplay(ReplayMethod):
 
     def state_dict(self):
         return {**super().state_dict(), "log_u": self.kl.log_u, "log_q": dict(self.eg.log_q),
-                "class_loss": dict(self.class_loss), "history": self.history}
+                "class_loss": self.class_loss, "class_seen": self.class_seen, "history": self.history}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.kl.log_u, self.eg.log_q = state["log_u"], dict(state["log_q"])
-        self.class_loss, self.history = dict(state["class_loss"]), list(state["history"])
+        self.class_loss = state["class_loss"].to(self.learner.device)
+        self.class_seen = state["class_seen"].to(self.learner.device)
+        self.history = list(state["history"])
 
     def record_extras(self):
         return {"formula": "kl-dro moving-average normaliser" if self.params.update == "kl" else "group-dro exponentiated gradient",

@@ -205,7 +205,8 @@ def test_imagefolder(tmp_path):
 def test_imagefolder_stream_runs_through_clbench_run(tmp_path, capsys):
     write_imagefolder(tmp_path / "mine", classes=("a", "b", "c", "d"))
     code, err, records = run_suite(tmp_path, capsys, {"dataset": "imagefolder", "path": str(tmp_path / "mine"), "steps": 2, "workers": 0})
-    assert code == 0, err and len(records) == 2
+    assert code == 0, err
+    assert len(records) == 2 and all(r["status"] == "done" for r in records)
 
 
 def test_unreadable_image_stops_the_run_with_one_line_and_writes_nothing(tmp_path, capsys):

@@ -9,7 +9,7 @@ from ..errors import UserError
 from .files import FileImageSet, list_images
 
 
-def scan_split(split_dir: Path, class_folders: list[str], domain_of=None, size=None, workers=None,
+def scan_split(split_dir: Path, class_folders: list[str], size=None, workers=None,
                domain: int | None = None) -> FileImageSet:
     """Every image of ``split_dir/<class folder>/``; a class folder that is missing or empty is an error."""
     paths, labels = [], []

@@ -15,4 +15,6 @@ class Executor(Protocol):
 
     def __init__(self, workers: int = 1): ...
 
-    def run(self, cells: Sequence[Cell], run_one: Callable[[Cell], dict]) -> None: ...
+    def run(self, cells: Sequence[Cell], run_one: Callable[[Cell], dict], worker_args: list[str] | None = None) -> None:
+        """Attempt every cell: call ``run_one(cell)`` here, or start processes that run
+        ``clbench run <worker_args>`` (the same suite and results folder) elsewhere."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clbench import hookimpl
+from clbench.metrics import seen_accuracy
 
 
 class Logger:
@@ -29,9 +30,9 @@ class Logger:
         pass
 
 
-def seen_accuracy(cell_stream, step: int, acc_row: list[float], learner) -> float:
-    sizes = [len(e.test) for e in learner.stream.experiences[: step + 1]]
-    return sum(a * n for a, n in zip(acc_row, sizes)) / sum(sizes)
+def step_accuracy(step: int, acc_row: list[float], learner) -> float:
+    """Accuracy on the test data seen through ``step`` (the metric behind avg_inc)."""
+    return seen_accuracy(acc_row, [len(e.test) for e in learner.stream.experiences], step)
 
 
 class Dispatcher:

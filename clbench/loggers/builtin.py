@@ -7,7 +7,7 @@ import time
 from clbench import hookimpl
 from clbench.errors import UserError
 
-from . import Logger, seen_accuracy
+from . import Logger, step_accuracy
 
 
 class CSVLogger(Logger):
@@ -28,7 +28,7 @@ class CSVLogger(Logger):
     def experience_end(self, cell, step, acc_row, learner):
         self.writer.writerow({
             "time": round(time.time(), 3), "cell_id": cell.cell_id, "method": cell.method, "variant": cell.variant,
-            "stream": cell.stream_label, "seed": cell.seed, "step": step, "seen_accuracy": round(seen_accuracy(None, step, acc_row, learner), 6),
+            "stream": cell.stream_label, "seed": cell.seed, "step": step, "seen_accuracy": round(step_accuracy(step, acc_row, learner), 6),
             "train_loss": learner.last_train_loss, "acc_row": " ".join(f"{a:.6f}" for a in acc_row),
         })
         self.file.flush()
@@ -64,7 +64,7 @@ class TensorBoardLogger(Logger):
 
     def experience_end(self, cell, step, acc_row, learner):
         w = self._writer(cell)
-        w.add_scalar("accuracy/seen", seen_accuracy(None, step, acc_row, learner), step + 1)
+        w.add_scalar("accuracy/seen", step_accuracy(step, acc_row, learner), step + 1)
         if learner.last_train_loss is not None:
             w.add_scalar("train/loss", learner.last_train_loss, step + 1)
 
@@ -102,7 +102,7 @@ class WandbLogger(Logger):
         return self.runs[cell.cell_id]
 
     def experience_end(self, cell, step, acc_row, learner):
-        self._run(cell).log({"accuracy/seen": seen_accuracy(None, step, acc_row, learner), "step": step + 1})
+        self._run(cell).log({"accuracy/seen": step_accuracy(step, acc_row, learner), "step": step + 1})
 
     def cell_end(self, cell, record):
         run = self._run(cell)
@@ -129,7 +129,7 @@ class MLflowLogger(Logger):
             self.mlflow.start_run(run_name=f"{cell.variant} | {cell.stream_label} | {cell.seed}")
             self.mlflow.log_params({"method": cell.method, "variant": cell.variant, "stream": cell.stream_label, "seed": cell.seed})
             self.active = cell.cell_id
-        self.mlflow.log_metric("accuracy_seen", seen_accuracy(None, step, acc_row, learner), step=step + 1)
+        self.mlflow.log_metric("accuracy_seen", step_accuracy(step, acc_row, learner), step=step + 1)
 
     def cell_end(self, cell, record):
         if self.active == cell.cell_id:
