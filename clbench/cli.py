@@ -48,7 +48,7 @@ def cli():
 @click.argument("suite_file", type=click.Path(path_type=Path))
 @click.option("--results", "results_dir", type=click.Path(path_type=Path), help="Results folder (default results/<suite name>).")
 @click.option("--executor", default=None, help="Where cells run (default: the suite's, else local).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel workers, for executors that have them.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Cells run at once: local worker processes, or the most Ray tasks / Slurm jobs in flight.")
 @click.option("--only", "only", multiple=True, help="Run only cells whose method, variant, stream or id match this glob (repeatable).")
 @click.option("--retry-failed", is_flag=True, help="Run cells whose record says failed again (from their last checkpoint).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep each cell's last checkpoint after its record is written.")
@@ -62,16 +62,18 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
         os.environ["CLBENCH_DATA"] = str(data_root)
     from .leaderboard import Leaderboard, write_leaderboard
     from .plugins import get_plugins
+    from .grid import GridRun
     from .progress import GridProgress
-    from .checkpoint import CellCheckpoint
-    from .locks import cell_lock
     from .results import ResultStore
-    from .runner import run_cell
     from .suite import load_suite
 
     plugins = get_plugins()
     suite = load_suite(suite_file, plugins)
-    executor_cls = plugins.executors.get(executor or suite.executor)
+    executor_name = executor or suite.executor
+    executor_cls = plugins.executors.get(executor_name)
+    options = suite.executor_options if executor_name == suite.executor else None
+    if options is None and hasattr(executor_cls, "Options"):
+        options = executor_cls.Options()
     results_dir = results_dir or Path("results") / suite.name
     store = ResultStore(results_dir)
     cells = [c for c in suite.cells if not only or any(
@@ -85,42 +87,17 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
             click.echo(f"{c.cell_id}  {status[c.cell_id] or 'todo':7s}  {c.variant} | {c.stream_label} | seed {c.seed}")
         click.echo(f"{len(cells)} cells, {len(todo)} to run, results in {results_dir}")
         return
-    runner = executor_cls(workers=workers)
+    runner = executor_cls(options, workers=workers)
     skipped = len(cells) - len(todo)
-    click.echo(f"suite {suite.name}: {len(cells)} cells, {skipped} already in {results_dir}, {len(todo)} to run", err=True)
+    click.echo(f"suite {suite.name}: {len(cells)} cells, {skipped} already in {results_dir}, {len(todo)} to run"
+               + (f" ({executor_name} executor)" if executor_name != "local" else ""), err=True)
     plugins.run_start(suite=suite, results_dir=results_dir, cells=todo)
-    failed, elsewhere = 0, 0
     with GridProgress(len(todo)) as progress:
-        def run_one(cell):
-            nonlocal failed, elsewhere
-            with cell_lock(results_dir / "locks", cell.cell_id) as mine:
-                now = store.status(cell.cell_id)  # another process may have finished it meanwhile
-                if not mine or now == "done" or (now == "failed" and not retry_failed):
-                    elsewhere += 1
-                    progress.cell_skipped(cell, "running in another process" if not mine else f"{now} by another process")
-                    return None
-                progress.cell_started(cell)
-                try:
-                    record = run_cell(cell, plugins, progress, checkpoints=results_dir / "checkpoints")
-                except UserError as exc:
-                    raise UserError(f"{suite_file}: {exc}") from None
-                store.write(record)
-                if record["status"] == "done" and not keep_checkpoints:
-                    CellCheckpoint(results_dir / "checkpoints", cell.cell_id).remove()
-            failed += record["status"] != "done"
-            plugins.cell_end(cell=cell, record=record)
-            progress.cell_finished(cell, record)
-            return record
-
-        worker_args = [str(suite_file), "--results", str(results_dir), *[a for pat in only for a in ("--only", pat)]]
-        worker_args += ["--retry-failed"] * retry_failed + ["--keep-checkpoints"] * keep_checkpoints
-        if workers > 1:
-            runner.run(todo, run_one, worker_args=worker_args)
-        else:
-            runner.run(todo, run_one)
-    if workers > 1:  # the workers wrote the records; count from them
-        done_now = [store.status(c.cell_id) for c in todo]
-        failed, elsewhere = done_now.count("failed"), 0
+        grid = GridRun(todo, suite_file=suite_file, results_dir=results_dir, store=store, plugins=plugins, progress=progress,
+                       retry_failed=retry_failed, keep_checkpoints=keep_checkpoints)
+        if todo:
+            runner.run(grid)
+    failed, elsewhere = grid.failed, grid.elsewhere
     summary = {"done": len(todo) - failed - elsewhere, "failed": failed, "skipped": skipped, "elsewhere": elsewhere}
     plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
     if elsewhere:

@@ -51,7 +51,7 @@ def clbench_add_loggers(register):
 
     :param register: ``register(name, logger_class)``; the class is built as
         ``logger_class(results_dir, suite)`` at the start of a run and receives
-        ``experience_end(cell, step, acc_row, learner)``, ``cell_end(cell, record)``
+        ``experience_end(cell, step, acc_row, learner)`` (a ``clbench.events.ExperienceEnd``), ``cell_end(cell, record)``
         and ``close()``; see ``clbench.loggers.Logger``.
     """
 
@@ -69,13 +69,20 @@ def clbench_run_start(suite, results_dir, cells):
 
 
 @hookspec
-def clbench_experience_end(cell, step, acc_row, learner):
+def clbench_experience_end(cell, step, acc_row, learner, train_loss, test_sizes):
     """A cell finished training on experience ``step`` (0-based) and was evaluated.
+
+    Fired once per experience in the process that runs ``clbench run`` (the
+    driver), wherever the cell itself runs. Take only the arguments you need.
 
     :param cell: the ``clbench.suite.Cell``.
     :param step: index of the experience just trained.
     :param acc_row: list of accuracies on every experience's test set.
-    :param learner: the ``clbench.learner.Learner`` (model, cost meters).
+    :param learner: the ``clbench.learner.Learner`` (model, cost meters) when the
+        cell runs in the driver's process; None when an executor runs it elsewhere
+        (worker processes, Ray, Slurm).
+    :param train_loss: the experience's last training loss (None if the method does not train).
+    :param test_sizes: number of test images of every experience.
     """
 
 

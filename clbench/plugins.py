@@ -34,6 +34,8 @@ BUILTIN_PLUGINS = (
     ("domainnet", "clbench.data.domainnet"),
     ("imagefolder", "clbench.data.imagefolder"),
     ("local", "clbench.executors.local"),
+    ("ray", "clbench.executors.ray_tasks"),
+    ("slurm", "clbench.executors.slurm_jobs"),
     ("loggers", "clbench.loggers.builtin"),
 )
 
@@ -131,8 +133,10 @@ class Plugins:
     def run_start(self, suite, results_dir, cells) -> None:
         self.pm.hook.clbench_run_start(suite=suite, results_dir=results_dir, cells=cells)
 
-    def experience_end(self, cell, step, acc_row, learner) -> None:
-        self.pm.hook.clbench_experience_end(cell=cell, step=step, acc_row=acc_row, learner=learner)
+    def experience_end(self, report) -> None:
+        """Fire ``clbench_experience_end`` from a ``clbench.events.ExperienceEnd``."""
+        self.pm.hook.clbench_experience_end(cell=report.cell, step=report.step, acc_row=report.acc_row, learner=report.learner,
+                                            train_loss=report.train_loss, test_sizes=report.test_sizes)
 
     def cell_end(self, cell, record) -> None:
         self.pm.hook.clbench_cell_end(cell=cell, record=record)

@@ -12,6 +12,7 @@ import torch
 from .checkpoint import CellCheckpoint, rng_state, set_rng_state
 from .config import TrainConfig
 from .cost import CostMeter
+from .events import ExperienceEnd
 from .data.scenarios import build_stream
 from .errors import UserError
 from .learner import Learner, pick_device
@@ -49,8 +50,27 @@ def _base_record(cell: Cell) -> dict:
     }
 
 
-def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None) -> dict:
+def lost_record(cell: Cell, error: str) -> dict:
+    """The record of a cell whose process kept dying (killed, out of memory, node lost) beyond its executor's retries.
+
+    Its checkpoint stays, so ``--retry-failed`` resumes it from the last experience saved.
+    """
+    record = _base_record(cell)
+    record.update(
+        class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS}, status="failed",
+        error=error, failed_at_experience=None, traceback=None, buffer={"exemplars": 0, "bytes": 0}, cost={},
+        manifest=manifest(torch.device("cpu"), cell.seed),
+    )
+    return record
+
+
+def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None = None) -> dict:
     """The cell's record; a failure inside the cell becomes a ``failed`` record, bad input a UserError.
+
+    After each experience ``on_experience(ExperienceEnd)`` is called; by default that fires
+    the ``clbench_experience_end`` hook here. A driver that runs cells in other processes
+    passes a callback that ships the report home and fires the hook there, so hooks see
+    every experience once, in the process that owns the run.
 
     With a ``checkpoints`` folder the cell saves its state after every experience but the
     last, and a later call resumes from the last one saved.
@@ -95,11 +115,10 @@ def run_cell(cell: Cell, plugins, progress=None, checkpoints: Path | None = None
             losses.append(learner.last_train_loss if method_cls.trains else None)
             default_rule = type(method).predict is Method.predict  # then cached image features can be reused
             rows.append(learner.evaluate(None if default_rule else method.predict, step))
-            plugins.experience_end(cell=cell, step=step, acc_row=rows[-1], learner=learner)
+            report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
+            (on_experience or plugins.experience_end)(report)
             if losses[-1] is not None and not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
-            if progress:
-                progress.experience_done(cell, step, len(stream.experiences))
             if checkpoint and step < last:
                 checkpoint.save({
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,

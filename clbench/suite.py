@@ -52,6 +52,7 @@ class Suite:
     report: ReportConfig
     executor: str
     loggers: tuple[str, ...] = ()
+    executor_options: Any = None  # the executor's validated Options (None: its defaults)
 
 
 #: dataset options that say where or how fast data is read, never what it is: not part of a cell's identity,
@@ -277,6 +278,26 @@ def _seeds(raw, file: Path) -> list[int]:
     return seeds
 
 
+def _executor(raw: Any, file: Path, plugins) -> tuple[str, Any]:
+    """``executor: NAME`` or ``executor: {name: NAME, <the executor's options>}``."""
+    if isinstance(raw, dict):
+        options = dict(raw)
+        name = options.pop("name", None)
+        if name is None:
+            raise UserError(f"{file}: executor: a mapping needs 'name' (e.g. name: ray) next to the executor's options")
+    else:
+        name, options = raw, {}
+    if not isinstance(name, str) or name not in plugins.executors:
+        known = plugins.executors.names()
+        raise UserError(f"{file}: executor: unknown executor '{name}'{did_you_mean(str(name), known)}; known: {', '.join(known)}")
+    model = getattr(plugins.executors.get(name), "Options", None)
+    if model is None:
+        if options:
+            raise UserError(f"{file}: executor: executor '{name}' takes no options; remove {', '.join(options)}")
+        return name, None
+    return name, _validate(model, options, file, "executor")
+
+
 def load_suite(path, plugins=None) -> Suite:
     """Read, validate and expand a suite file into its cells."""
     from .plugins import get_plugins
@@ -298,9 +319,7 @@ def load_suite(path, plugins=None) -> Suite:
     bad = next((m for m in report.metrics if m not in METRICS), None)
     if bad:
         raise UserError(f"{file}: report.metrics: unknown metric '{bad}'{did_you_mean(bad, METRICS)}; known: {', '.join(METRICS)}")
-    executor = raw.get("executor", "local")
-    if not isinstance(executor, str) or executor not in plugins.executors:
-        raise UserError(f"{file}: executor: unknown executor '{executor}'{did_you_mean(str(executor), plugins.executors.names())}; known: {', '.join(plugins.executors.names())}")
+    executor, executor_options = _executor(raw.get("executor", "local"), file, plugins)
     loggers = raw.get("loggers", []) or []
     if not isinstance(loggers, list) or not all(isinstance(x, str) for x in loggers):
         raise UserError(f"{file}: loggers: must be a list of logger names, e.g. [csv, tensorboard]")
@@ -326,4 +345,4 @@ def load_suite(path, plugins=None) -> Suite:
             raise UserError(f"{file}: methods: two entries give the same cell ({variant} on {label}, seed {seed}); remove the duplicate")
         ids.add(cid)
         cells.append(Cell(cid, method, variant, label, seed, config))
-    return Suite(name, file, tuple(cells), report, executor, tuple(loggers))
+    return Suite(name, file, tuple(cells), report, executor, tuple(loggers), executor_options)

@@ -1,20 +1,46 @@
 """Executors decide where a suite's cells run; each is a plugin.
 
-An executor gets the cells still to run and a function that runs one cell
-and stores its record; it returns when every cell has been attempted.
+An executor class has a ``name``, an ``Options`` pydantic model (the keys a
+suite may give under ``executor:``, validated when the suite loads) and
+``run(grid)``. ``grid`` is the driver's ``clbench.grid.GridRun``: its
+``cells`` are the cells to run; ``grid.task(cell)`` is a picklable
+``clbench.cell_task.CellTask`` that ``clbench.cell_task.run_task`` runs in any
+process; ``grid.event(message)`` and ``grid.finish(outcome)`` take back what
+the task sends and returns; ``grid.run_here(cell)`` runs a cell in-process.
+``run`` returns when every cell has ended, been skipped or been given up with
+``grid.lost(cell, why)``.
+
+Engines for other machines (Ray, Slurm) are optional packages: import them
+inside the executor with ``require`` so a missing one is a one-line error.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+import importlib
+from typing import Protocol
 
-from ..suite import Cell
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import UserError
+
+
+class ExecutorOptions(BaseModel):
+    """Base for an executor's suite keys: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Executor(Protocol):
     name: str
+    Options: type[ExecutorOptions]
 
-    def __init__(self, workers: int = 1): ...
+    def __init__(self, options: ExecutorOptions, workers: int | None = None): ...
 
-    def run(self, cells: Sequence[Cell], run_one: Callable[[Cell], dict], worker_args: list[str] | None = None) -> None:
-        """Attempt every cell: call ``run_one(cell)`` here, or start processes that run
-        ``clbench run <worker_args>`` (the same suite and results folder) elsewhere."""
+    def run(self, grid) -> None: ...
+
+
+def require(module: str, extra: str):
+    """Import an optional engine, or stop with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"executor '{extra}' needs the {module} package; pip install 'clbench[{extra}]'") from None

@@ -20,8 +20,8 @@ class Logger:
         self.results_dir = Path(results_dir)
         self.suite = suite
 
-    def experience_end(self, cell, step: int, acc_row: list[float], learner) -> None:
-        pass
+    def experience_end(self, report) -> None:
+        """``report`` is a ``clbench.events.ExperienceEnd`` (cell, step, acc_row, train_loss, test_sizes)."""
 
     def cell_end(self, cell, record: dict) -> None:
         pass
@@ -30,9 +30,9 @@ class Logger:
         pass
 
 
-def step_accuracy(step: int, acc_row: list[float], learner) -> float:
-    """Accuracy on the test data seen through ``step`` (the metric behind avg_inc)."""
-    return seen_accuracy(acc_row, [len(e.test) for e in learner.stream.experiences], step)
+def step_accuracy(report) -> float:
+    """Accuracy on the test data seen through the report's step (the metric behind avg_inc)."""
+    return seen_accuracy(report.acc_row, report.test_sizes, report.step)
 
 
 class Dispatcher:
@@ -48,9 +48,12 @@ class Dispatcher:
         self.active = [registry.get(name)(results_dir, suite) for name in getattr(suite, "loggers", ())]
 
     @hookimpl
-    def clbench_experience_end(self, cell, step, acc_row, learner):
+    def clbench_experience_end(self, cell, step, acc_row, learner, train_loss, test_sizes):
+        from clbench.events import ExperienceEnd
+
+        report = ExperienceEnd(cell, step, len(test_sizes), acc_row, train_loss, test_sizes, learner)
         for logger in self.active:
-            logger.experience_end(cell, step, acc_row, learner)
+            logger.experience_end(report)
 
     @hookimpl
     def clbench_cell_end(self, cell, record):

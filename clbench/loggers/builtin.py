@@ -25,11 +25,12 @@ class CSVLogger(Logger):
         if new:
             self.writer.writeheader()
 
-    def experience_end(self, cell, step, acc_row, learner):
+    def experience_end(self, report):
+        cell = report.cell
         self.writer.writerow({
             "time": round(time.time(), 3), "cell_id": cell.cell_id, "method": cell.method, "variant": cell.variant,
-            "stream": cell.stream_label, "seed": cell.seed, "step": step, "seen_accuracy": round(step_accuracy(step, acc_row, learner), 6),
-            "train_loss": learner.last_train_loss, "acc_row": " ".join(f"{a:.6f}" for a in acc_row),
+            "stream": cell.stream_label, "seed": cell.seed, "step": report.step, "seen_accuracy": round(step_accuracy(report), 6),
+            "train_loss": report.train_loss, "acc_row": " ".join(f"{a:.6f}" for a in report.acc_row),
         })
         self.file.flush()
 
@@ -62,11 +63,11 @@ class TensorBoardLogger(Logger):
             self.writers[cell.cell_id] = self.SummaryWriter(str(self.results_dir / "tensorboard" / cell.cell_id))
         return self.writers[cell.cell_id]
 
-    def experience_end(self, cell, step, acc_row, learner):
-        w = self._writer(cell)
-        w.add_scalar("accuracy/seen", step_accuracy(step, acc_row, learner), step + 1)
-        if learner.last_train_loss is not None:
-            w.add_scalar("train/loss", learner.last_train_loss, step + 1)
+    def experience_end(self, report):
+        w = self._writer(report.cell)
+        w.add_scalar("accuracy/seen", step_accuracy(report), report.step + 1)
+        if report.train_loss is not None:
+            w.add_scalar("train/loss", report.train_loss, report.step + 1)
 
     def cell_end(self, cell, record):
         w = self._writer(cell)
@@ -96,13 +97,13 @@ class WandbLogger(Logger):
         if cell.cell_id not in self.runs:
             self.runs[cell.cell_id] = self.wandb.init(
                 project=f"clbench-{self.suite.name}", name=f"{cell.variant} | {cell.stream_label} | {cell.seed}",
-                id=cell.cell_id, config=cell.config, dir=str(self.results_dir), reinit=True,
+                id=cell.cell_id, config=cell.config, dir=str(self.results_dir), reinit="create_new",  # cells may run side by side
                 mode=os.environ.get("WANDB_MODE", "offline"),
             )
         return self.runs[cell.cell_id]
 
-    def experience_end(self, cell, step, acc_row, learner):
-        self._run(cell).log({"accuracy/seen": step_accuracy(step, acc_row, learner), "step": step + 1})
+    def experience_end(self, report):
+        self._run(report.cell).log({"accuracy/seen": step_accuracy(report), "step": report.step + 1})
 
     def cell_end(self, cell, record):
         run = self._run(cell)
@@ -112,30 +113,47 @@ class WandbLogger(Logger):
 
 
 class MLflowLogger(Logger):
-    """One MLflow run per cell in a local store (RESULTS/mlruns) unless MLFLOW_TRACKING_URI says otherwise."""
+    """One MLflow run per cell in a local store (RESULTS/mlruns) unless MLFLOW_TRACKING_URI says otherwise.
+
+    Runs are addressed by id through the tracking client, so cells that run side
+    by side (worker processes, Ray, Slurm) log into their own runs.
+    """
 
     def __init__(self, results_dir, suite):
         super().__init__(results_dir, suite)
         import os
 
-        self.mlflow = _require("mlflow", "mlflow")
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            self.mlflow.set_tracking_uri((self.results_dir / "mlruns").resolve().as_uri())
-        self.mlflow.set_experiment(f"clbench-{suite.name}")
-        self.active = None
+        mlflow = _require("mlflow", "mlflow")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.results_dir / "mlruns").resolve().as_uri()
+        self.client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+        name = f"clbench-{suite.name}"
+        found = self.client.get_experiment_by_name(name)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+        self.runs = {}
 
-    def experience_end(self, cell, step, acc_row, learner):
-        if self.active != cell.cell_id:
-            self.mlflow.start_run(run_name=f"{cell.variant} | {cell.stream_label} | {cell.seed}")
-            self.mlflow.log_params({"method": cell.method, "variant": cell.variant, "stream": cell.stream_label, "seed": cell.seed})
-            self.active = cell.cell_id
-        self.mlflow.log_metric("accuracy_seen", step_accuracy(step, acc_row, learner), step=step + 1)
+    def _run_id(self, cell) -> str:
+        if cell.cell_id not in self.runs:
+            run = self.client.create_run(self.experiment_id, run_name=f"{cell.variant} | {cell.stream_label} | {cell.seed}")
+            for key, value in {"method": cell.method, "variant": cell.variant, "stream": cell.stream_label, "seed": cell.seed}.items():
+                self.client.log_param(run.info.run_id, key, value)
+            self.runs[cell.cell_id] = run.info.run_id
+        return self.runs[cell.cell_id]
+
+    def experience_end(self, report):
+        self.client.log_metric(self._run_id(report.cell), "accuracy_seen", step_accuracy(report), step=report.step + 1)
 
     def cell_end(self, cell, record):
-        if self.active == cell.cell_id:
-            self.mlflow.log_metrics({k: v for k, v in (record.get("metrics") or {}).items() if v is not None})
-            self.mlflow.end_run()
-            self.active = None
+        run_id = self._run_id(cell)
+        for key, value in (record.get("metrics") or {}).items():
+            if value is not None:
+                self.client.log_metric(run_id, key, value)
+        self.client.set_terminated(run_id, status="FINISHED" if record.get("status") == "done" else "FAILED")
+        self.runs.pop(cell.cell_id, None)
+
+    def close(self):
+        for run_id in self.runs.values():
+            self.client.set_terminated(run_id, status="KILLED")
+        self.runs = {}
 
 
 @hookimpl
