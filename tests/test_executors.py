@@ -29,9 +29,10 @@ def finish(proc, timeout=600):
     return out, err
 
 
-def with_executor(tmp_path, executor, name):
+def with_executor(tmp_path, executor, name, **keys):
     suite = yaml.safe_load(slow_suite(tmp_path).read_text())
     suite["executor"] = executor
+    suite.update(keys)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -77,19 +78,31 @@ def assert_resumed(results, cell_id):
 
 # --- same records as in-process ------------------------------------------------
 
+def steps_logged(results):
+    """(cell_id, step) rows of the csv logger, which runs in the driver."""
+    import csv
+
+    with open(results / "steps.csv", newline="") as f:
+        return sorted((row["cell_id"], int(row["step"])) for row in csv.DictReader(f))
+
+
 def test_two_workers_give_the_records_of_an_in_process_run(tmp_path, reference):
-    out, err = finish(clbench_run(slow_suite(tmp_path), tmp_path / "two", "--workers", "2"))
+    out, err = finish(clbench_run(with_executor(tmp_path, "local", "logged", loggers=["csv"]), tmp_path / "two", "--workers", "2"))
     starts = started_lines(err)
     assert len(starts) == 4 and len({line.split("] ", 1)[1].rsplit(" (", 1)[0] for line in starts}) == 4  # each cell started once
     assert len({line.rsplit("pid ", 1)[1] for line in starts}) == 2  # by two worker processes, shown in one display
     assert records_of(tmp_path / "two") == reference
     assert "| finetune (loss=ce) |" in out
+    assert steps_logged(tmp_path / "two") == sorted((cid, step) for cid in reference for step in range(4))  # every experience once
 
 
 def test_ray_executor_gives_the_records_of_an_in_process_run(tmp_path, reference):
-    out, err = finish(clbench_run(with_executor(tmp_path, RAY, "ray"), tmp_path / "ray"))
+    # results: driver -- the tasks return their records and the driver writes them (no shared file system needed)
+    out, err = finish(clbench_run(with_executor(tmp_path, {**RAY, "results": "driver"}, "ray", loggers=["csv"]), tmp_path / "ray"))
     assert "(ray executor)" in err and len(started_lines(err)) == 4
     assert records_of(tmp_path / "ray") == reference
+    assert not (tmp_path / "ray" / "locks").exists()  # the tasks kept their locks and checkpoints on their node
+    assert steps_logged(tmp_path / "ray") == sorted((cid, step) for cid in reference for step in range(4))
 
 
 def test_submitit_local_executor_gives_the_records_of_an_in_process_run(tmp_path, reference):
@@ -157,6 +170,16 @@ def test_executor_options_come_from_the_suite_and_do_not_change_cell_ids(tmp_pat
     assert [c.cell_id for c in on_ray.cells] == [c.cell_id for c in plain.cells]
 
 
+def test_slurm_without_slurm_commands_says_what_to_do(tmp_path, monkeypatch, capsys):
+    from clbench.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(with_executor(tmp_path, {"name": "slurm"}, "s")), "--results", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "no Slurm commands (srun, sbatch) on this machine" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("executor,module,extra", [("ray", "ray", "ray"), ("slurm", "submitit", "slurm")])
 def test_a_missing_engine_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys, executor, module, extra):
     from clbench.cli import main
@@ -186,3 +209,32 @@ def test_event_files_deliver_whole_lines_once(tmp_path):
     assert reader.read() == []
     reader.remove()
     assert not (tmp_path / "events").exists()
+
+
+def test_slurm_cells_go_out_as_one_array_with_the_suites_sbatch_options(tmp_path, monkeypatch, plugins):
+    """Submission against a stand-in ``sbatch`` that records its call: the script Slurm would get."""
+    import submitit
+
+    from clbench.cell_task import CellTask
+    from clbench.executors.slurm_jobs import SlurmCellJob, SlurmExecutor, SlurmOptions
+    from clbench.suite import load_suite
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    options = SlurmOptions(partition="gpu", account="lab", qos="high", time_min=720, gpus_per_job=1, cpus_per_task=10, mem_gb=64,
+                           array_parallelism=3, setup=["module load cuda/12.4"], additional={"exclude": "node12"})
+    executor = SlurmExecutor(options)._executor(submitit, tmp_path / "slurm")
+    cells = load_suite(slow_suite(tmp_path), plugins).cells
+    jobs = executor.map_array(SlurmCellJob(str(tmp_path / "events")), [CellTask(c, str(tmp_path / "out")) for c in cells])
+    assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2", "4242_3"]
+    assert len((tmp_path / "calls").read_text().splitlines()) == 1  # one sbatch call for the whole grid
+    script = next((tmp_path / "slurm").rglob("*.sh")).read_text()
+    for line in ["#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=720",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=10", "#SBATCH --mem=64GB", "#SBATCH --array=0-3%3",
+                 "#SBATCH --exclude=node12", "module load cuda/12.4", "#SBATCH --signal=USR2@"]:
+        assert line in script, line

@@ -103,9 +103,10 @@ class RayExecutor:
                         try:
                             outcome = ray.get(ref)
                         except ray.exceptions.RayError as exc:
-                            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                            grid.lost(cell, f"{type(exc).__name__}: the Ray task failed after {o.max_retries} retries ({reason}); "
-                                            "rerun with --retry-failed to resume it")
+                            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                            what = ("the task raised" if isinstance(exc, ray.exceptions.RayTaskError)
+                                    else f"its worker or node was lost {o.max_retries + 1} times")
+                            grid.lost(cell, f"{type(exc).__name__}: {what} ({reason}); rerun with --retry-failed to resume it")
                             continue
                         grid.finish(outcome)
             except BaseException:

@@ -13,6 +13,7 @@ cancels them when interrupted; the cells' checkpoints stay.
 """
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from collections import Counter, deque
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from clbench import hookimpl
+from clbench.errors import UserError
 
 from . import ExecutorOptions, require
 from .event_files import EventReader, EventWriter
@@ -74,6 +76,9 @@ class SlurmExecutor:
 
     def _executor(self, submitit, folder: Path):
         o = self.options
+        if o.cluster == "slurm" and shutil.which("srun") is None:
+            raise UserError("executor 'slurm': no Slurm commands (srun, sbatch) on this machine; run clbench on a login node, "
+                            "or set executor.cluster: local to try the jobs here")
         executor = submitit.AutoExecutor(folder=folder, cluster=o.cluster, slurm_max_num_timeout=o.max_requeues,
                                          local_max_num_timeout=o.max_requeues)
         params = dict(name="clbench", timeout_min=o.time_min, gpus_per_node=o.gpus_per_job, cpus_per_task=o.cpus_per_task,
