@@ -238,3 +238,13 @@ def test_slurm_cells_go_out_as_one_array_with_the_suites_sbatch_options(tmp_path
                  "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=10", "#SBATCH --mem=64GB", "#SBATCH --array=0-3%3",
                  "#SBATCH --exclude=node12", "module load cuda/12.4", "#SBATCH --signal=USR2@"]:
         assert line in script, line
+
+
+def test_workers_that_cannot_start_stop_the_run_with_one_line(tmp_path, monkeypatch, capsys):
+    from clbench.cli import main
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker exits 1 before taking a cell
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(slow_suite(tmp_path)), "--results", str(tmp_path / "out"), "--workers", "2"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: worker processes exit before taking a cell (exit code 1)")

@@ -59,6 +59,7 @@ class _Worker:
     def __init__(self, number: int, env: dict, inbox: queue.Queue):
         self.number = number
         self.cell = None
+        self.ready = False
         self.proc = subprocess.Popen([sys.executable, "-m", "clbench.executors.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         threading.Thread(target=self._read_channel, args=(inbox,), daemon=True).start()
@@ -119,6 +120,7 @@ class LocalExecutor:
         inbox: queue.Queue = queue.Queue()
         alive = {i: _Worker(i, self._env(i, n, gpus), inbox) for i in range(1, n + 1)}
         errors: list[str] = []
+        failed_starts = 0
 
         def next_cell(worker):
             if todo:
@@ -139,6 +141,7 @@ class LocalExecutor:
                         errors.append(payload[len("error: "):])
                     grid.note(f"[worker {worker.number}] {payload}")
                 elif kind == "message" and payload["event"] == "ready":
+                    worker.ready = True
                     next_cell(worker)
                 elif kind == "message" and payload["event"] == "outcome":
                     worker.cell = None
@@ -151,6 +154,11 @@ class LocalExecutor:
                     del alive[worker.number]
                     if code == 2:
                         raise UserError(errors[-1] if errors else f"worker {worker.number} stopped on bad input")
+                    if not worker.ready:
+                        failed_starts += 1
+                        if failed_starts >= 3:  # a broken environment: replacing workers would loop forever
+                            raise UserError(f"worker processes exit before taking a cell ({describe_exit(code)}); "
+                                            "their output is above; 'python -m clbench.executors.worker' shows it too")
                     cell = worker.cell
                     if cell is not None:
                         deaths[cell.cell_id] += 1
