@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from clbench.cli import main
+from clbench.results import ResultStore
 from clbench.suite import load_suite
 from clbench.testing import tiny_suite, write_suite
 
@@ -81,8 +82,23 @@ def test_optional_loggers_offline(tmp_path, capsys, monkeypatch, name, module):
     pytest.importorskip(module)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = run(tmp_path, capsys, tiny_suite(["zeroshot"], loggers=[name]))
-    assert (out / ("wandb" if name == "wandb" else "mlruns")).is_dir()
+    out = run(tmp_path, capsys, tiny_suite(["zeroshot", {"name": "finetune", "loss": "ce"}], loggers=[name]))
+    if name == "wandb":  # one offline run per cell, named by its cell id
+        ids = {r["cell_id"] for r in ResultStore(out).records()}
+        assert {p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")} == ids and len(ids) == 2
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name.startswith("clbench-")]
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    records = {r["variant"]: r for r in ResultStore(out).records()}
+    for r in runs:
+        record = records[r.data.params["variant"]]
+        assert r.data.metrics["last"] == pytest.approx(record["metrics"]["last"])
+        seen = [m.value for m in client.get_metric_history(r.info.run_id, "accuracy_seen")]
+        assert len(seen) == len(record["acc_matrix"])  # one point per experience
 
 
 def test_missing_optional_logger_package_is_one_line(tmp_path, capsys, monkeypatch):

@@ -113,7 +113,7 @@ class WandbLogger(Logger):
 
 
 class MLflowLogger(Logger):
-    """One MLflow run per cell in a local store (RESULTS/mlruns) unless MLFLOW_TRACKING_URI says otherwise.
+    """One MLflow run per cell in a local SQLite store (RESULTS/mlflow.db) unless MLFLOW_TRACKING_URI says otherwise.
 
     Runs are addressed by id through the tracking client, so cells that run side
     by side (worker processes, Ray, Slurm) log into their own runs.
@@ -124,7 +124,9 @@ class MLflowLogger(Logger):
         import os
 
         mlflow = _require("mlflow", "mlflow")
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.results_dir / "mlruns").resolve().as_uri()
+        # MLflow 3 refuses new file stores (./mlruns); SQLite needs no server and `mlflow ui --backend-store-uri` reads it
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.results_dir / 'mlflow.db').resolve()}"
         self.client = mlflow.tracking.MlflowClient(tracking_uri=uri)
         name = f"clbench-{suite.name}"
         found = self.client.get_experiment_by_name(name)
