@@ -96,13 +96,49 @@ def test_two_workers_give_the_records_of_an_in_process_run(tmp_path, reference):
     assert steps_logged(tmp_path / "two") == sorted((cid, step) for cid in reference for step in range(4))  # every experience once
 
 
-def test_ray_executor_gives_the_records_of_an_in_process_run(tmp_path, reference):
-    # results: driver -- the tasks return their records and the driver writes them (no shared file system needed)
-    out, err = finish(clbench_run(with_executor(tmp_path, {**RAY, "results": "driver"}, "ray", loggers=["csv"]), tmp_path / "ray"))
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real Ray cluster head on this machine (what `ray start --head` gives a user), stopped afterwards."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = [os.path.join(os.path.dirname(sys.executable), "ray")]
+    env = dict(ENV, RAY_AUTH_MODE="disabled")
+    subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_ray_executor_on_a_running_cluster_gives_the_records_of_an_in_process_run(tmp_path, reference, ray_head, monkeypatch):
+    # joining a cluster: records come back to the driver, which writes them (no shared file system assumed)
+    monkeypatch.setitem(ENV, "RAY_AUTH_MODE", "disabled")
+    out, err = finish(clbench_run(with_executor(tmp_path, {**RAY, "address": ray_head}, "ray", loggers=["csv"]), tmp_path / "ray"))
     assert "(ray executor)" in err and len(started_lines(err)) == 4
     assert records_of(tmp_path / "ray") == reference
     assert not (tmp_path / "ray" / "locks").exists()  # the tasks kept their locks and checkpoints on their node
     assert steps_logged(tmp_path / "ray") == sorted((cid, step) for cid in reference for step in range(4))
+
+
+def test_an_unreachable_ray_cluster_is_one_line(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from clbench.cli import main
+
+    def unreachable(address=None, **kw):  # what ray.init raises after its retries (30 s for a real dead address)
+        raise ConnectionError(f"ray client connection timeout\nCould not connect to {address}")
+
+    monkeypatch.setattr(ray, "init", unreachable)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(with_executor(tmp_path, {"name": "ray", "address": "ray://10.0.0.9:10001"}, "r")), "--results", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: executor 'ray': cannot join the Ray cluster at ray://10.0.0.9:10001 (ConnectionError: Could not connect to "
+        "ray://10.0.0.9:10001); check executor.address or $RAY_ADDRESS, and that this machine has the cluster's auth token")
 
 
 def test_submitit_local_executor_gives_the_records_of_an_in_process_run(tmp_path, reference):

@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import Field
 
 from clbench import hookimpl
+from clbench.errors import UserError
 
 from . import ExecutorOptions, require
 
@@ -62,11 +63,16 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         address = o.address or os.environ.get("RAY_ADDRESS")
-        common = dict(runtime_env=o.runtime_env, log_to_driver=o.log_to_driver, include_dashboard=False)
+        common = dict(runtime_env=o.runtime_env, log_to_driver=o.log_to_driver)
         if address:
-            ray.init(address=address, **common)
+            try:
+                ray.init(address=address, **common)
+            except Exception as exc:  # unreachable head, wrong port, missing auth token
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+                raise UserError(f"executor 'ray': cannot join the Ray cluster at {address} ({type(exc).__name__}: {reason}); "
+                                "check executor.address or $RAY_ADDRESS, and that this machine has the cluster's auth token") from None
             return False
-        ray.init(num_cpus=o.local_cpus, num_gpus=o.local_gpus, **common)
+        ray.init(num_cpus=o.local_cpus, num_gpus=o.local_gpus, include_dashboard=False, **common)
         return True
 
     def run(self, grid) -> None:
