@@ -28,7 +28,8 @@ from . import ExecutorOptions, require
 
 
 class RayOptions(ExecutorOptions):
-    address: str | None = Field(None, description="cluster to join ('auto', 'ray://head:10001'); default $RAY_ADDRESS, else a local instance")
+    address: str | None = Field(None, description="cluster to join ('auto': the one started on this machine, 'head:6379', "
+                                                   "'ray://head:10001'); default $RAY_ADDRESS, else a new local instance")
     num_cpus: float = Field(1, ge=0, description="CPUs per cell")
     num_gpus: float = Field(0, ge=0, description="GPUs per cell (fractions share a GPU)")
     memory_gb: float | None = Field(None, gt=0, description="memory per cell, for Ray's scheduler")
@@ -72,7 +73,11 @@ class RayExecutor:
                 raise UserError(f"executor 'ray': cannot join the Ray cluster at {address} ({type(exc).__name__}: {reason}); "
                                 "check executor.address or $RAY_ADDRESS, and that this machine has the cluster's auth token") from None
             return False
-        ray.init(num_cpus=o.local_cpus, num_gpus=o.local_gpus, include_dashboard=False, **common)
+        try:  # address="local": a fresh instance even when a cluster was started on this machine (join that with address: auto)
+            ray.init(address="local", num_cpus=o.local_cpus, num_gpus=o.local_gpus, include_dashboard=False, **common)
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            raise UserError(f"executor 'ray': could not start a local Ray instance ({type(exc).__name__}: {reason})") from None
         return True
 
     def run(self, grid) -> None:
