@@ -46,17 +46,16 @@ def run_task(task: CellTask, send: Callable[[dict], None], plugins=None, on_expe
         if not mine or now == "done" or (now == "failed" and not task.retry_failed):
             outcome["why"] = "running in another process" if not mine else f"{now} by another process"
             return outcome
-        checkpoint = CellCheckpoint(folder / "checkpoints", cell.cell_id)
         send(started(cell.cell_id))
         try:
             record = run_cell(cell, plugins, on_experience=on_experience or (lambda report: send(report.message())),
-                              checkpoints=checkpoint.path.parent)
+                              checkpoints=folder / "checkpoints")
         except UserError as exc:
             outcome["user_error"] = str(exc)
             return outcome
         if task.write_record:
             store.write(record)
         if record["status"] == "done" and not task.keep_checkpoints:
-            checkpoint.remove()
+            CellCheckpoint(folder / "checkpoints", cell.cell_id).remove()
     outcome.update(ran=True, record=record, written=task.write_record)
     return outcome

@@ -13,3 +13,19 @@ class UserError(Exception):
 
     def __str__(self) -> str:  # keep the message on one line whatever the cause
         return " ".join(str(self.args[0]).split()) if self.args else ""
+
+
+def require_extra(module: str, extra: str, what: str):
+    """Import an optional package, or stop with one line naming the pip extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{what} needs the {module} package; pip install 'clbench[{extra}]'") from None
+
+
+def brief(exc: BaseException) -> str:
+    """An exception as one short line: its type and the last line of its message (where tracebacks put the cause)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1][:300]}" if lines else type(exc).__name__

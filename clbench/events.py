@@ -37,5 +37,5 @@ def here() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"
 
 
-def started(cell_id: str, resumed_at: int | None = None) -> dict:
-    return {"event": "started", "cell_id": cell_id, "where": here(), "pid": os.getpid(), "resumed_at": resumed_at}
+def started(cell_id: str) -> dict:
+    return {"event": "started", "cell_id": cell_id, "where": here(), "pid": os.getpid()}

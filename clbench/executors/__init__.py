@@ -15,12 +15,11 @@ inside the executor with ``require`` so a missing one is a one-line error.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import UserError
+from ..errors import require_extra
 
 
 class ExecutorOptions(BaseModel):
@@ -40,7 +39,4 @@ class Executor(Protocol):
 
 def require(module: str, extra: str):
     """Import an optional engine, or stop with the pip command that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"executor '{extra}' needs the {module} package; pip install 'clbench[{extra}]'") from None
+    return require_extra(module, extra, f"executor '{extra}'")

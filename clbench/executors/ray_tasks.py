@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field
 
 from clbench import hookimpl
-from clbench.errors import UserError
+from clbench.errors import UserError, brief
 
 from . import ExecutorOptions, require
 
@@ -69,15 +69,13 @@ class RayExecutor:
             try:
                 ray.init(address=address, **common)
             except Exception as exc:  # unreachable head, wrong port, missing auth token
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-                raise UserError(f"executor 'ray': cannot join the Ray cluster at {address} ({type(exc).__name__}: {reason}); "
+                raise UserError(f"executor 'ray': cannot join the Ray cluster at {address} ({brief(exc)}); "
                                 "check executor.address or $RAY_ADDRESS, and that this machine has the cluster's auth token") from None
             return False
         try:  # address="local": a fresh instance even when a cluster was started on this machine (join that with address: auto)
             ray.init(address="local", num_cpus=o.local_cpus, num_gpus=o.local_gpus, include_dashboard=False, **common)
         except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-            raise UserError(f"executor 'ray': could not start a local Ray instance ({type(exc).__name__}: {reason})") from None
+            raise UserError(f"executor 'ray': could not start a local Ray instance ({brief(exc)})") from None
         return True
 
     def run(self, grid) -> None:
@@ -114,10 +112,9 @@ class RayExecutor:
                         try:
                             outcome = ray.get(ref)
                         except ray.exceptions.RayError as exc:
-                            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                             what = ("the task raised" if isinstance(exc, ray.exceptions.RayTaskError)
                                     else f"its worker or node was lost {o.max_retries + 1} times")
-                            grid.lost(cell, f"{type(exc).__name__}: {what} ({reason}); rerun with --retry-failed to resume it")
+                            grid.lost(cell, f"{type(exc).__name__}: {what} ({brief(exc)}); rerun with --retry-failed to resume it")
                             continue
                         grid.finish(outcome)
             except BaseException:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from clbench import hookimpl
-from clbench.errors import UserError
+from clbench.errors import UserError, brief
 
 from . import ExecutorOptions, require
 from .event_files import EventReader, EventWriter
@@ -116,7 +116,7 @@ class SlurmExecutor:
         try:
             submit()
             while running:
-                time.sleep(o.poll_s if o.cluster == "slurm" else min(o.poll_s, 0.5))
+                time.sleep(o.poll_s)
                 for message in reader.read():
                     grid.event(message)
                 for job_id, (cell, job) in list(running.items()):
@@ -129,7 +129,7 @@ class SlurmExecutor:
                         outcome = job.result()
                     except Exception as exc:  # the job died: node failure, out of memory, cancelled, requeued too often
                         attempts[cell.cell_id] += 1
-                        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+                        reason = brief(exc)
                         if attempts[cell.cell_id] <= o.max_retries:
                             grid.retrying(cell, f"job {job_id} ended without a record ({reason}); resubmitted")
                             todo.appendleft(cell)

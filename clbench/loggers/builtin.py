@@ -5,7 +5,7 @@ import csv
 import time
 
 from clbench import hookimpl
-from clbench.errors import UserError
+from clbench.errors import require_extra
 
 from . import Logger, step_accuracy
 
@@ -39,12 +39,7 @@ class CSVLogger(Logger):
 
 
 def _require(module: str, extra: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"loggers: '{extra}' needs the {module} package; pip install 'clbench[{extra}]'") from None
+    return require_extra(module, extra, f"loggers: '{extra}'")
 
 
 class TensorBoardLogger(Logger):
