@@ -21,9 +21,9 @@ from clbench.config import TrainConfig
 from clbench.data.base import Dataset, InMemoryImageSet
 from clbench.data.scenarios import build_stream
 from clbench.data.synthetic import TEMPLATES, class_name
-from clbench.dro import KLDRO, per_class_mean
+from clbench.dro import KLDRO
 from clbench.learner import Learner
-from clbench.losses import clip_objective, label_space, positions
+from clbench.losses import clip_objective, clip_objective_by_class
 from clbench.models import build_clip
 
 
@@ -97,11 +97,9 @@ def main():
     buffer.update(data.subset(torch.arange(4 * args.batch)), list(range(args.classes)))
     dro = KLDRO(1.0, 0.9)
 
-    def dro_loss(x, y, e):
-        classes = label_space(learner, y, e, "contrastive")
-        text = learner.class_features(classes.tolist(), template=0, grad=True)
-        per_sample = torch.nn.functional.cross_entropy(learner.logit_scale * learner.encode_images(x) @ text.t(), positions(classes, y), reduction="none")
-        return dro.loss(per_class_mean(per_sample, y)[1])
+    def dro_loss(x, y, e):  # dro_replay's step: er's objective split per class, KL-DRO weights
+        terms = clip_objective_by_class(learner, x, y, e, "contrastive")
+        return dro.loss(terms.mean, terms.share)[0]
 
     def dro_replay():
         learner.fit(exp, dro_loss, replay=buffer, replay_batch_size=args.batch)

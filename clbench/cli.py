@@ -214,7 +214,7 @@ def show(target):
     if r.get("error"):
         click.echo(f"error: {r['error']}")
     for t, row in enumerate(r.get("acc_matrix") or []):
-        click.echo(f"  after step {t + 1}: " + " ".join(f"{100 * a:5.1f}" for a in row))
+        click.echo(f"  after step {t + 1}: " + " ".join("    –" if a is None else f"{100 * a:5.1f}" for a in row))
     for k, v in (r.get("metrics") or {}).items():
         click.echo(f"  {k:13s} {'–' if v is None else f'{100 * v:.2f}'}")
     cost = r.get("cost") or {}

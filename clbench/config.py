@@ -6,9 +6,10 @@ and a record can store the fully resolved configuration.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from string import Formatter
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt, field_validator
 
 
 def looks_like_path(value: str) -> bool:
@@ -42,19 +43,67 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the image and text encoders
 
 
+class StreamPrompts(Section):
+    """How a stream names its classes to CLIP (``prompts:`` under a stream); defaults keep the dataset's own."""
+
+    templates: Optional[list[str]] = Field(None, min_length=1)  # each with exactly one "{}"; default: the dataset's
+    class_names: Literal["clip", "raw"] = "clip"  # clip: names written for prompts; raw: as the source ships them
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot_each(cls, templates: Optional[list[str]]) -> Optional[list[str]]:
+        for template in templates or []:
+            problem = StreamPrompts.template_problem(template)
+            if problem:
+                raise ValueError(f"template {template!r} {problem}")
+        return templates
+
+    @staticmethod
+    def template_problem(template: str) -> Optional[str]:
+        """None for a usable prompt template (exactly one ``{}``, other braces doubled), else what is wrong."""
+        try:
+            fields = [f for _, f, _, _ in Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            return f"is not a format string ({exc}); write a literal brace as '{{{{' or '}}}}'"
+        if len(fields) == 1 and fields[0] != "":
+            return f"must write the class-name slot as '{{}}', not '{{{fields[0]}}}'"
+        if len(fields) != 1:
+            return f"must hold exactly one '{{}}' for the class name (it has {len(fields)})"
+        return None
+
+
 class StreamConfig(Section):
-    """Dataset-specific keys (e.g. ``root``, ``num_classes``) sit beside these and go to the dataset."""
+    """Dataset-specific keys (e.g. ``root``, ``num_classes``) sit beside these and go to the dataset.
+
+    ``class_order`` is a name or an explicit permutation: ``seeded`` (the default, also for
+    seed 1993) is a torch permutation seeded by the cell's seed; other names (``icarl``,
+    ``pycil``, ...) are the published orders a dataset declares. ``prompts`` replaces the
+    dataset's templates and/or class names, e.g. Continual-CLIP's single template with
+    CIFAR-100's raw names. Keys left at their defaults stay out of the resolved config, so
+    suites that do not use them keep their cell ids.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    SEEDED_ORDER: ClassVar[str] = "seeded"  # the default order's name; stored as null in the resolved config
 
     dataset: str
     scenario: Literal["class_incremental", "domain_incremental"] = "class_incremental"
     steps: Optional[PositiveInt] = None  # class-incremental: number of experiences
     name: Optional[str] = None  # label in tables; default dataset/scenario/steps
-    class_order: Optional[list[NonNegativeInt]] = None  # default: dataset's canonical or seeded order
+    class_order: Optional[Union[str, list[int]]] = None  # an order's name, or a permutation of the class ids; None: seeded
     domains: Optional[list[str]] = None  # restrict to these domains (and this order)
     holdout_classes: NonNegativeInt = 0  # last classes of the order, kept out as a control set
+    prompts: Optional[StreamPrompts] = None  # templates / class names for CLIP; default: the dataset's
     train: Optional[dict] = None  # overrides of the suite's train settings for this stream
+
+    @field_validator("class_order", mode="before")
+    @classmethod
+    def _name_or_ids(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value):
+            return value
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            return value
+        raise ValueError("must be an order's name (seeded, icarl, pycil, ...) or a list of class ids (integers >= 0)")
 
 
 class ReportConfig(Section):

@@ -1,15 +1,26 @@
-"""Distributionally robust reweighting over classes (the objective dro_replay optimises).
+"""Distributionally robust reweighting over classes (the objectives dro_replay optimises).
 
-KL-DRO: the objective λ·log mean_c exp(L_c/λ) over the classes c of a batch,
-whose gradient is Σ_c softmax(L/λ)_c ∇L_c. With mini-batches the normaliser
-mean_c exp(L_c/λ) is tracked by a moving average (LibAUC's estimator),
-u ← (1−γ)·u + γ·mean_c exp(L_c/λ), kept in log space so large losses cannot
-overflow; weights p_c = exp(L_c/λ)/u are detached and the step minimises
-Σ_c p_c·L_c / |classes in B|. With γ = 1 this is the exact batch objective.
+Both estimators reweight the per-class parts of the very objective ``er``
+minimises (clbench.losses.clip_objective_by_class): ``share_c`` is class c's
+additive part of er's loss on the batch (Σ_c share_c = er's loss) and ``L_c``
+is the class's own mean loss on the batch.
 
-Group-DRO (Sagawa et al. 2020): exponentiated-gradient class weights
-q_c ← q_c·exp(η·L_c), renormalised over the seen classes; the step minimises
-Σ_c q_c·L_c / Σ_c q_c over the classes of the batch.
+KL-DRO (the KL-regularised DRO objective λ·log mean_c exp(L_c/λ), estimated as
+LibAUC's KL-DRO losses do): the normaliser mean_c exp(L_c/λ) over the batch's
+classes is tracked by a moving average u ← (1−γ)·u + γ·mean_c exp(L_c/λ) (the
+first batch sets u; kept in log space so large losses cannot overflow); the
+detached weights p_c = exp(L_c/λ)/u multiply the class shares, so the step
+follows Σ_c p_c ∇share_c. For a class-balanced batch share_c = L_c/|C| and this
+is SPEC.md's Σ_c p_c·L_c / |classes in B|; with every p_c = 1 it is exactly er.
+At γ = 1 and a balanced batch the gradient is that of λ·log mean_c exp(L_c/λ).
+
+Group-DRO (Sagawa et al. 2020, kohpangwei/group_DRO ``compute_robust_loss``):
+exponentiated-gradient weights over every seen class, q_c ← q_c·exp(η·L_c)
+(L_c = 0 for a class absent from the batch), renormalised to sum to 1, then the
+loss Σ_c q_c·L_c over the classes of the batch (absent classes contribute 0;
+no renormalisation over the batch). Classes join when they are first seen, with
+the mean weight of the classes already there (Sagawa's groups all exist from
+the start; a stream's classes arrive over time).
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ import torch
 
 
 def per_class_mean(per_sample: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(classes present, mean loss of each) from per-sample losses."""
+    """(classes present (C,), mean of ``per_sample`` (B,) over each class's samples (C,))."""
     classes, inverse = labels.unique(return_inverse=True)
     sums = torch.zeros(len(classes), dtype=per_sample.dtype, device=per_sample.device).index_add(0, inverse, per_sample)
     counts = torch.bincount(inverse, minlength=len(classes)).to(per_sample.dtype)
@@ -27,13 +38,16 @@ def per_class_mean(per_sample: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 
 class KLDRO:
+    """KL-DRO over classes with a moving-average normaliser; ``lam`` λ > 0, ``gamma`` γ in (0, 1]."""
+
     def __init__(self, lam: float = 1.0, gamma: float = 0.9):
         self.lam, self.gamma = lam, gamma
         self.log_u: torch.Tensor | None = None  # log of the moving-average normaliser
 
     def update_normaliser(self, class_losses: torch.Tensor) -> torch.Tensor:
-        z = class_losses.detach() / self.lam
-        log_g = torch.logsumexp(z, 0) - math.log(len(z))  # log mean_c exp(L_c/λ)
+        """Fold this batch's mean_c exp(L_c/λ) into u; returns the batch's log mean_c exp(L_c/λ)."""
+        z = class_losses.detach().float() / self.lam
+        log_g = torch.logsumexp(z, 0) - math.log(len(z))
         if self.log_u is None or self.gamma >= 1:
             self.log_u = log_g
         else:
@@ -41,49 +55,70 @@ class KLDRO:
         return log_g
 
     def weights(self, class_losses: torch.Tensor) -> torch.Tensor:
-        """p_c = exp(L_c/λ) / u, after folding this batch into u."""
+        """p_c = exp(L_c/λ) / u (C,), after folding this batch into u."""
         self.update_normaliser(class_losses)
-        return torch.exp(class_losses.detach() / self.lam - self.log_u)
+        return torch.exp(class_losses.detach().float() / self.lam - self.log_u)
 
-    def loss(self, class_losses: torch.Tensor) -> torch.Tensor:
-        """Value: the batch estimate λ·log mean_c exp(L_c/λ); gradient: Σ_c p_c ∇L_c / |classes|."""
+    def loss(self, class_losses: torch.Tensor, shares: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, weights applied). Value: the batch estimate λ·log mean_c exp(L_c/λ); gradient: Σ_c p_c ∇share_c.
+
+        ``class_losses`` (C,) the L_c; ``shares`` (C,) the parts of er's loss
+        (default L_c / C, SPEC.md's formula).
+        """
         log_g = self.update_normaliser(class_losses)
-        p = torch.exp(class_losses.detach() / self.lam - self.log_u)
-        step = (p * class_losses).sum() / len(class_losses)
-        return self.lam * log_g + (step - step.detach())
+        p = torch.exp(class_losses.detach().float() / self.lam - self.log_u)
+        shares = class_losses / len(class_losses) if shares is None else shares
+        step = (p * shares).sum()
+        return self.lam * log_g + (step - step.detach()), p
 
     def state_dict(self) -> dict:
-        return {"log_u": None if self.log_u is None else float(self.log_u)}
+        return {"log_u": None if self.log_u is None else self.log_u.detach().cpu()}
+
+    def load_state_dict(self, state: dict, device=None) -> None:
+        log_u = state["log_u"]
+        self.log_u = None if log_u is None else torch.as_tensor(log_u, dtype=torch.float32, device=device)
 
 
 class GroupDRO:
-    def __init__(self, eta: float = 0.01):
-        self.eta = eta
-        self.log_q: dict[int, float] = {}
+    """Group-DRO's exponentiated-gradient class weights; ``num_classes`` the dataset's, ``eta`` η > 0."""
 
-    def add_classes(self, classes) -> None:
-        """New classes join with the mean weight of the current ones (uniform at the start)."""
-        new = [int(c) for c in classes if int(c) not in self.log_q]
-        if not new:
+    def __init__(self, num_classes: int, eta: float = 0.01, device=None):
+        self.eta = eta
+        self.log_q = torch.full((num_classes,), float("-inf"), device=device)  # -inf: not a seen class yet
+
+    def add_classes(self, classes: list[int]) -> None:
+        """Seen classes join with the mean weight of those already there (uniform at the start); once per experience."""
+        joined = torch.isfinite(self.log_q)
+        host = joined.cpu()
+        new = torch.tensor([c for c in classes if not host[c]], dtype=torch.long, device=self.log_q.device)
+        if not len(new):
             return
-        start = math.log(sum(math.exp(v) for v in self.log_q.values()) / len(self.log_q)) if self.log_q else 0.0
-        self.log_q.update({c: start for c in new})
+        n = int(host.sum())
+        start = (torch.logsumexp(self.log_q[joined], 0) - math.log(n)) if n else torch.zeros((), device=self.log_q.device)
+        self.log_q[new] = start
         self._normalise()
 
     def _normalise(self) -> None:
-        norm = math.log(sum(math.exp(v) for v in self.log_q.values()))
-        self.log_q = {c: v - norm for c, v in self.log_q.items()}
+        self.log_q -= torch.logsumexp(self.log_q, 0)  # -inf entries stay -inf
 
-    def update(self, classes: torch.Tensor, class_losses: torch.Tensor) -> None:
-        self.add_classes(classes.tolist())
-        for c, loss in zip(classes.tolist(), class_losses.detach().tolist()):
-            self.log_q[c] += self.eta * loss
+    def update(self, classes: torch.Tensor, class_losses: torch.Tensor) -> torch.Tensor:
+        """q_c ← q_c·exp(η·L_c) for the batch's ``classes`` (C,), renormalised; returns q of those classes (C,)."""
+        self.log_q[classes] += self.eta * class_losses.detach().float()
         self._normalise()
+        return torch.exp(self.log_q[classes])
 
-    def loss(self, classes: torch.Tensor, class_losses: torch.Tensor) -> torch.Tensor:
-        self.update(classes, class_losses)
-        q = torch.tensor([math.exp(self.log_q[c]) for c in classes.tolist()], dtype=class_losses.dtype, device=class_losses.device)
-        return (q * class_losses).sum() / q.sum()
+    def loss(self, classes: torch.Tensor, class_losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ_c q_c·L_c over the batch's classes after the update, the q applied)."""
+        q = self.update(classes, class_losses)
+        return (q * class_losses).sum(), q
 
     def weights(self) -> dict[int, float]:
-        return {c: math.exp(v) for c, v in sorted(self.log_q.items())}
+        """q_c of every seen class (host floats; a sync, for records)."""
+        joined = torch.isfinite(self.log_q).nonzero().flatten()
+        return dict(zip(joined.tolist(), torch.exp(self.log_q[joined]).tolist()))
+
+    def state_dict(self) -> dict:
+        return {"log_q": self.log_q.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.log_q = state["log_q"].to(self.log_q.device)

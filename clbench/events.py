@@ -18,7 +18,7 @@ class ExperienceEnd:
     cell: Any  # clbench.suite.Cell
     step: int
     steps: int
-    acc_row: list[float]
+    acc_row: list[float | None]  # None: an upcoming experience the method cannot score
     train_loss: float | None
     test_sizes: list[int]
     learner: Any = field(default=None, repr=False)

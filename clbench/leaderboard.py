@@ -23,7 +23,7 @@ DEFINITIONS = {
     "last": "accuracy on all seen test data after the last step",
     "avg_inc": "mean over steps of the accuracy on the test data seen so far",
     "avg_acc": "mean over experiences of the final accuracy on each",
-    "forgetting": "mean over old experiences of the drop from their best earlier accuracy",
+    "forgetting": "mean over old experiences of the drop from their best accuracy since they were trained",
     "bwt": "mean over old experiences of final minus just-learned accuracy",
     "fwt": "mean over experiences of accuracy just before training on them minus the initial zero-shot accuracy",
     "zs_retention": "zero-shot accuracy on held-out control classes after the last step, relative to before the first",

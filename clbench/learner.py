@@ -47,6 +47,8 @@ class Learner:
         self._image_cache: dict[int, tuple[int, torch.Tensor]] = {}  # id(image set) -> (model_version, features)
         self.model_version = 0  # bumped whenever fit() changes the weights
         self.batch_classes: torch.Tensor | None = None
+        #: during fit(): the dataset ids (host int64, one per image of the mixed batch), None if the memory gives none
+        self.batch_ids: torch.Tensor | None = None
         self.last_train_loss: float | None = None
         if train.data_on_device and self.device.type == "cuda":
             stream.to_device(self.device)
@@ -148,9 +150,10 @@ class Learner:
             replay=None, replay_batch_size: int = 0) -> None:
         """The shared loop: epochs over ``data`` (default: the experience's training set).
 
-        With a non-empty ``replay`` memory (anything with ``len`` and ``sample(n)``, e.g.
-        ``clbench.buffer.ReplayBuffer``), every step appends ``replay_batch_size`` exemplars
-        to the new batch, so the loss sees one mixed batch.
+        With a non-empty ``replay`` memory (anything with ``len`` and ``sample(n)`` returning
+        (uint8 images, labels[, dataset ids]), e.g. ``clbench.buffer.ReplayBuffer``), every
+        step appends ``replay_batch_size`` exemplars to the new batch, so the loss sees one
+        mixed batch. During the loop ``batch_classes`` and ``batch_ids`` describe the batch.
         """
         data = exp.train if data is None else data
         epochs = self.cfg.epochs if epochs is None else epochs
@@ -164,11 +167,13 @@ class Learner:
         self.model.train()
         with self.cost.timing("train", self.device):
             for _ in range(epochs):
-                for images, labels in data.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
+                for images, labels, ids in data.batches(self.cfg.batch_size, shuffle=True, generator=self.generator, with_ids=True):
                     if replay is not None and replay_batch_size and len(replay):
-                        old_images, old_labels = replay.sample(replay_batch_size)
-                        images, labels = torch.cat([images, old_images.to(images.device)]), torch.cat([labels, old_labels])
+                        old = replay.sample(replay_batch_size)
+                        images, labels = torch.cat([images, old[0].to(images.device)]), torch.cat([labels, old[1]])
+                        ids = torch.cat([ids, old[2]]) if len(old) > 2 else None
                     self.batch_classes = labels.unique() if labels.device.type == "cpu" else None  # host copy: no sync
+                    self.batch_ids = ids
                     x = self.preprocess(images)
                     y = labels.to(self.device, non_blocking=True)
                     with self.autocast():
@@ -185,7 +190,7 @@ class Learner:
                     self.cost.train_images += len(labels)
                     if text_trainable:
                         self.text_tower_changed()
-        self.batch_classes = None
+        self.batch_classes = self.batch_ids = None
         if any(p.requires_grad for p in self.model.visual.parameters()):
             self.model_version += 1  # cached image features are stale; a frozen image tower keeps them
         self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
@@ -240,13 +245,20 @@ class Learner:
                 self.cost.eval_images += len(labels)
         return int(correct) / len(data)
 
-    def evaluate(self, predict: PredictFn | None, t: int) -> list[float]:
+    def evaluate(self, predict: PredictFn | None, t: int, unseen_classes: bool = True) -> list[float | None]:
         """Row t of the accuracy matrix: every experience's test set after step t.
 
         ``predict=None`` means CLIP's zero-shot rule, which reuses image features
-        computed earlier while the weights have not changed.
+        computed earlier while the weights have not changed. With
+        ``unseen_classes=False`` a test set whose label space needs classes not
+        seen through step t is skipped (None).
         """
-        return [self._accuracy(predict, exp.test, self.stream.eval_classes(t, exp.index)) for exp in self.stream.experiences]
+        row = []
+        for exp in self.stream.experiences:
+            classes = self.stream.eval_classes(t, exp.index)
+            skip = not unseen_classes and len(classes) > len(self.stream.seen(t))
+            row.append(None if skip else self._accuracy(predict, exp.test, classes))
+        return row
 
     def evaluate_initial(self) -> list[float]:
         """Z[j]: the untouched model's zero-shot accuracy on experience j, scored as A[j-1][j] will be."""

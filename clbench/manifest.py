@@ -46,12 +46,20 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def manifest(device: torch.device, seed: int) -> dict:
+def model_facts(clip, amp_dtype: torch.dtype | None) -> dict:
+    """What the record must say about the model as built: arch, weights, activation, precision."""
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp_dtype]
+    return {"arch": clip.arch, "pretrained": clip.pretrained, "activation": clip.activation, "precision": precision}
+
+
+def manifest(device: torch.device, seed: int, model: dict | None = None) -> dict:
+    """Provenance of a record; ``model`` (from :func:`model_facts`) when the model was built."""
     return {
         "clbench_version": clbench.__version__,
         "git_commit": git_commit(),
         "packages": package_versions(),
         "device": device_name(device),
         "seed": seed,
+        "model": model,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

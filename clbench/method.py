@@ -30,6 +30,10 @@ class Method:
     Params: ClassVar[type[Params]] = Params
     #: False for methods that never update the model (their cells skip fit())
     trains: ClassVar[bool] = True
+    #: False for methods whose predict() cannot score classes they have not learned (e.g. a nearest-mean-of-exemplars
+    #: classifier): test sets of upcoming experiences with such classes are then not evaluated (None in the
+    #: accuracy matrix) and ``fwt`` is None
+    scores_unseen_classes: ClassVar[bool] = True
 
     def __init__(self, params: Params, learner: "Learner"):
         self.params = params

@@ -38,6 +38,28 @@ class ClipModel:
     std: tuple[float, float, float]
     arch: str
     pretrained: str | None
+    activation: str = "gelu"  # the transformer MLPs' activation as built: "quick_gelu" or "gelu"
+
+
+def tag_needs_quick_gelu(arch: str, tag: str | None) -> bool:
+    """True when open_clip's pretrained config for (arch, tag) says the weights were trained with QuickGELU.
+
+    OpenAI's CLIP weights (tag ``openai``) and a few others were trained with
+    QuickGELU, x·sigmoid(1.702x) (Radford et al. 2021); open_clip ≥ 2.29 builds
+    plain GELU for names without a ``-quickgelu`` suffix and only warns. The
+    flag comes from ``open_clip.get_pretrained_cfg(arch, tag)["quick_gelu"]``;
+    a checkpoint file or no tag gives False (use the ``-quickgelu`` arch then).
+    """
+    if not tag:
+        return False
+    return bool(open_clip.get_pretrained_cfg(arch.replace("/", "-"), tag).get("quick_gelu", False))
+
+
+def activation_name(model: torch.nn.Module) -> str:
+    """``quick_gelu`` if any module of ``model`` is open_clip's QuickGELU, else ``gelu``."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
 
 
 def _image_size(model) -> int:
@@ -75,10 +97,12 @@ def build_clip(arch: str, pretrained: str | None = None, device: str | torch.dev
             f"model.pretrained: '{pretrained}' is neither a checkpoint file nor a known tag for {arch}; "
             f"tags: {', '.join(tags) or 'none'}"
         )
+    quick_gelu = not is_local_dir and pretrained is not None and tag_needs_quick_gelu(arch, pretrained)
     try:
         with _quiet_open_clip():
             model = open_clip.create_model(
-                arch, pretrained=None if is_local_dir else pretrained, device=device, weights_only=True
+                arch, pretrained=None if is_local_dir else pretrained, device=device, weights_only=True,
+                force_quick_gelu=quick_gelu,
             )
     except (RuntimeError, OSError, ValueError) as exc:
         where = "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)"
@@ -89,7 +113,7 @@ def build_clip(arch: str, pretrained: str | None = None, device: str | torch.dev
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return ClipModel(model, open_clip.get_tokenizer(arch), _image_size(model), mean, std, arch, pretrained)
+    return ClipModel(model, open_clip.get_tokenizer(arch), _image_size(model), mean, std, arch, pretrained, activation_name(model))
 
 
 class _quiet_open_clip:

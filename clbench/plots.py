@@ -109,11 +109,13 @@ def plot_heatmaps(records, out_dir: Path, plt) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for r in records:
-        A = np.array(r["acc_matrix"]) * 100
+        A = np.array(r["acc_matrix"], dtype=float) * 100  # None (not scored) becomes NaN: a blank cell
         fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(A), 1.0 + 0.4 * len(A)))
         im = ax.imshow(A, vmin=0, vmax=100, cmap="viridis")
         if len(A) <= 12:
             for (t, j), v in np.ndenumerate(A):
+                if np.isnan(v):
+                    continue
                 ax.text(j, t, f"{v:.0f}", ha="center", va="center", fontsize=6, color="white" if v < 60 else "black")
         ax.set(xlabel="test set of experience", ylabel="after step", title=f"{r['variant']}\n{r['stream']}, seed {r['seed']}")
         ax.title.set_fontsize(7)

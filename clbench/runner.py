@@ -17,7 +17,7 @@ from .data.scenarios import build_stream
 from .errors import UserError
 from .learner import Learner, pick_device
 from .method import Method
-from .manifest import manifest
+from .manifest import manifest, model_facts
 from .metrics import METRICS, compute_metrics
 from .models import build_clip
 from .suite import Cell
@@ -40,6 +40,7 @@ def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
     return build_stream(
         dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
         domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=f"stream '{cell.stream_label}'",
+        prompts=cfg.get("prompts"),
     )
 
 
@@ -79,7 +80,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
     train = TrainConfig(**cell.config["train"])
     record = _base_record(cell)
     record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
-    learner, method, step, resumed_at = None, None, None, None
+    learner, method, step, resumed_at, model_info = None, None, None, None, None
     try:
         clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device))
         stream = build_cell_stream(cell, plugins, clip.image_size)
@@ -88,6 +89,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             experiences=[{"classes": e.classes, "domain": e.domain, "train_size": len(e.train), "test_size": len(e.test)} for e in stream.experiences],
         )
         learner = Learner(clip, stream, train, cell.seed)
+        model_info = model_facts(clip, learner.amp_dtype)
         method_cls = plugins.methods.get(cell.method)
         method = method_cls(method_cls.Params(**cell.params), learner)
         checkpoint = CellCheckpoint(checkpoints, cell.cell_id) if checkpoints else None
@@ -114,7 +116,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             method.after_experience(exp)
             losses.append(learner.last_train_loss if method_cls.trains else None)
             default_rule = type(method).predict is Method.predict  # then cached image features can be reused
-            rows.append(learner.evaluate(None if default_rule else method.predict, step))
+            rows.append(learner.evaluate(None if default_rule else method.predict, step, method_cls.scores_unseen_classes))
             report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
             (on_experience or plugins.experience_end)(report)
             if losses[-1] is not None and not math.isfinite(losses[-1]):
@@ -145,5 +147,5 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
     if resumed_at is not None:
         record["cost"]["resumed_at_experience"] = resumed_at
-    record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed)
+    record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed, model_info)
     return record

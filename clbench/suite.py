@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .config import looks_like_path as _looks_like_path
-from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, TrainConfig
+from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, StreamPrompts, TrainConfig
 from .errors import UserError
 from .metrics import METRICS
 from .registry import did_you_mean
@@ -197,6 +197,39 @@ def _label(name: str, point: dict) -> str:
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
+def _check_naming(cfg: StreamConfig, factory, options: dict, n_classes: int | None, file: Path, where: str) -> None:
+    """The stream's class order and prompts against what its dataset offers, known without reading the data.
+
+    A factory declares its published orders as ``class_orders(options) -> names`` and raw class
+    names as ``offers_raw_names = True``; a factory that declares nothing offers ``seeded`` only.
+    """
+    order = cfg.class_order
+    if isinstance(order, str) and order != StreamConfig.SEEDED_ORDER:
+        declared = getattr(factory, "class_orders", None)
+        known = [StreamConfig.SEEDED_ORDER, *(declared(options) if declared else ())]
+        if order not in known:
+            raise UserError(f"{file}: {where}.class_order: dataset '{cfg.dataset}' has no order '{order}'{did_you_mean(order, known)}; known: {', '.join(known)}")
+    if isinstance(order, list) and n_classes is not None and sorted(order) != list(range(n_classes)):
+        raise UserError(f"{file}: {where}.class_order: must be a permutation of 0..{n_classes - 1} for dataset '{cfg.dataset}'")
+    if cfg.prompts and cfg.prompts.class_names == "raw" and not getattr(factory, "offers_raw_names", False):
+        raise UserError(f"{file}: {where}.prompts.class_names: dataset '{cfg.dataset}' offers no raw class names; use clip")
+
+
+def _resolved_naming(resolved: dict) -> dict:
+    """``class_order: seeded`` as null and ``prompts`` without its defaults (absent when empty).
+
+    Writing a default explicitly then gives the same cell, and suites that never name an
+    order or prompts keep the cell ids they had before these keys existed.
+    """
+    if resolved.get("class_order") == StreamConfig.SEEDED_ORDER:
+        resolved["class_order"] = None
+    prompts = resolved.pop("prompts", None) or {}
+    prompts = {k: v for k, v in prompts.items() if v != StreamPrompts.model_fields[k].default}
+    if prompts:
+        resolved["prompts"] = prompts
+    return resolved
+
+
 def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{file}: streams: must be a non-empty list of streams")
@@ -205,6 +238,8 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
         where = f"streams[{i}]"
         if isinstance(entry, str):
             entry = {"dataset": entry}
+        if isinstance(entry, dict) and entry.get("prompts") is not None:
+            _validate(StreamPrompts, entry["prompts"], file, f"{where}.prompts")  # its own keys in its errors
         cfg = _validate(StreamConfig, entry, file, where)
         if cfg.dataset not in plugins.datasets:
             raise UserError(f"{file}: {where}.dataset: unknown dataset '{cfg.dataset}'{did_you_mean(cfg.dataset, plugins.datasets.names())}; known: {', '.join(plugins.datasets.names())}")
@@ -231,6 +266,8 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
                 raise UserError(f"{file}: {where}.holdout_classes: {cfg.holdout_classes} leaves no class of the {n_classes} for the stream")
             if cfg.scenario == "class_incremental" and resolved["steps"] > usable:
                 raise UserError(f"{file}: {where}.steps: {resolved['steps']} steps but the stream has only {usable} classes; use at most {usable}")
+        _check_naming(cfg, factory, options, n_classes, file, where)
+        resolved = _resolved_naming(resolved)
         label = cfg.name or (f"{cfg.dataset}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{cfg.dataset}-di")
         out.append((label, resolved))
     labels = [label for label, _ in out]

@@ -1,26 +1,38 @@
 """dro_replay: replay with distributionally robust reweighting over classes (the paper's method).
 
-Per-sample losses (image-to-prompt cross-entropy over the batch's classes, or
-over all seen classes with ``loss: ce``) are averaged per class; ``update: kl``
-(default) reweights classes by KL-DRO with a moving-average normaliser
-(λ = ``lam``, γ = ``gamma``), ``update: eg`` by Group-DRO's exponentiated
-gradient (η = ``eta``). See clbench/dro.py for the formulas. The class
-weights after each experience go into the record.
+The objective is er's (``loss: contrastive`` or ``ce`` on the mixed batch),
+split into per-class parts; only the weights of those parts differ from er:
+
+- ``update: kl`` (default): KL-DRO with a moving-average normaliser (λ =
+  ``lam``, γ = ``gamma``): weight p_c = exp(L_c/λ)/u on class c's part;
+- ``update: eg``: Group-DRO's exponentiated gradient (η = ``eta``): loss
+  Σ_c q_c·L_c with q over every seen class;
+- ``update: uniform``: every weight 1, i.e. exactly er (the ablation).
+
+See clbench/dro.py for the formulas. The record's ``method_state.class_weights``
+holds, per experience, each class's weight as applied in training: the mean
+over the steps whose batch held the class (p_c for kl, q_c for eg, 1 for
+uniform), with the number of those steps.
 """
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from clbench import hookimpl
-from clbench.dro import GroupDRO, KLDRO, per_class_mean
-from clbench.losses import label_space, positions
+from clbench.dro import GroupDRO, KLDRO
+from clbench.losses import batch_classes, clip_objective, clip_objective_by_class
 from clbench.replay import ReplayMethod, ReplayParams
+
+FORMULAS = {
+    "kl": "kl-dro: weight exp(L_c/lam)/u on class c's part of er's loss, u a moving average (LibAUC)",
+    "eg": "group-dro: sum_c q_c L_c, q exponentiated-gradient weights over seen classes (Sagawa et al. 2020)",
+    "uniform": "uniform: er's loss, every class weight 1",
+}
 
 
 class DROParams(ReplayParams):
-    update: Literal["kl", "eg"] = "kl"
+    update: Literal["kl", "eg", "uniform"] = "kl"
     lam: float = Field(1.0, gt=0)  # KL-DRO temperature λ
     gamma: float = Field(0.9, gt=0, le=1)  # moving-average rate γ of the normaliser
     eta: float = Field(0.01, gt=0)  # Group-DRO step size η
@@ -32,60 +44,63 @@ class DROReplay(ReplayMethod):
 
     def __init__(self, params, learner):
         super().__init__(params, learner)
-        self.kl = KLDRO(params.lam, params.gamma)
-        self.eg = GroupDRO(params.eta)
-        # moving average of each class's loss, for the record; kept on the device so steps never sync
         n = learner.dataset.num_classes
-        self.class_loss = torch.zeros(n, device=learner.device)
-        self.class_seen = torch.zeros(n, dtype=torch.bool, device=learner.device)
+        self.kl = KLDRO(params.lam, params.gamma)
+        self.eg = GroupDRO(n, params.eta, learner.device)
+        # weights applied during the current experience, summed per class, on the device (no per-step sync)
+        self.applied = torch.zeros(n, device=learner.device)
+        self.steps = torch.zeros(n, device=learner.device)
         self.history: list[dict] = []
 
+    def before_experience(self, exp) -> None:
+        if self.params.update == "eg":
+            self.eg.add_classes(self.learner.stream.seen(exp.index))
+
     def loss(self, images, labels, exp):
-        learner = self.learner
-        classes = label_space(learner, labels, exp, self.params.loss)
-        text = learner.class_features(classes.tolist(), template=self.params.template, grad=True)
-        logits = learner.logit_scale * learner.encode_images(images) @ text.t()
-        per_sample = F.cross_entropy(logits, positions(classes, labels), reduction="none")
-        present, class_losses = per_class_mean(per_sample, labels)
-        self._track(present, class_losses)
-        if self.params.update == "eg":
-            return self.eg.loss(present, class_losses)
-        return self.kl.loss(class_losses)
+        p, learner = self.params, self.learner
+        if p.update == "uniform":
+            loss = clip_objective(learner, images, labels, exp, p.loss, p.template)
+            classes = torch.tensor(batch_classes(learner, labels), device=labels.device)
+            self._track(classes, torch.ones(len(classes), device=labels.device))
+            return loss
+        terms = clip_objective_by_class(learner, images, labels, exp, p.loss, p.template)
+        if p.update == "eg":
+            loss, weights = self.eg.loss(terms.classes, terms.mean)
+        else:
+            loss, weights = self.kl.loss(terms.mean, terms.share)
+        self._track(terms.classes, weights)
+        return loss
 
-    def _track(self, classes, class_losses) -> None:
-        g, loss = self.params.gamma, class_losses.detach().float()
-        old = self.class_loss[classes]
-        self.class_loss[classes] = torch.where(self.class_seen[classes], (1 - g) * old + g * loss, loss)
-        self.class_seen[classes] = True
-
-    def class_weights(self) -> dict[int, float]:
-        """The weight each seen class gets now: softmax(L̄/λ) (kl) or q (eg)."""
-        if self.params.update == "eg":
-            return self.eg.weights()
-        classes = self.class_seen.nonzero().flatten()
-        if not len(classes):
-            return {}
-        weights = torch.softmax(self.class_loss[classes] / self.params.lam, 0)
-        return dict(zip(classes.tolist(), weights.tolist()))
+    def _track(self, classes, weights) -> None:
+        self.applied.index_add_(0, classes, weights.detach().float())
+        self.steps.index_add_(0, classes, torch.ones_like(weights, dtype=torch.float32))
 
     def after_experience(self, exp) -> None:
         super().after_experience(exp)
-        self.history.append({"experience": exp.index, "weights": {str(c): round(w, 6) for c, w in sorted(self.class_weights().items())}})
+        present = self.steps.nonzero().flatten()
+        means = (self.applied[present] / self.steps[present]).tolist()  # one sync per experience
+        self.history.append({"experience": exp.index,
+                             "weights": {str(c): round(w, 6) for c, w in zip(present.tolist(), means)},
+                             "steps": {str(c): int(n) for c, n in zip(present.tolist(), self.steps[present].tolist())}})
+        self.applied.zero_()
+        self.steps.zero_()
 
     def state_dict(self):
-        return {**super().state_dict(), "log_u": self.kl.log_u, "log_q": dict(self.eg.log_q),
-                "class_loss": self.class_loss, "class_seen": self.class_seen, "history": self.history}
+        return {**super().state_dict(), "kl": self.kl.state_dict(), "eg": self.eg.state_dict(),
+                "applied": self.applied, "steps": self.steps, "history": self.history}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.kl.log_u, self.eg.log_q = state["log_u"], dict(state["log_q"])
-        self.class_loss = state["class_loss"].to(self.learner.device)
-        self.class_seen = state["class_seen"].to(self.learner.device)
+        self.kl.load_state_dict(state["kl"], self.learner.device)
+        self.eg.load_state_dict(state["eg"])
+        self.applied = state["applied"].to(self.learner.device)
+        self.steps = state["steps"].to(self.learner.device)
         self.history = list(state["history"])
 
     def record_extras(self):
-        return {"formula": "kl-dro moving-average normaliser" if self.params.update == "kl" else "group-dro exponentiated gradient",
-                "class_weights": self.history}
+        return {"formula": FORMULAS[self.params.update], "class_weights": self.history,
+                "class_weights_meaning": "per experience: each class's mean weight over the training steps whose batch "
+                                         "held it, and the number of those steps"}
 
 
 @hookimpl

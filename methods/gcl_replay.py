@@ -1,8 +1,10 @@
 """gcl_replay: replay with a global contrastive loss over all seen classes.
 
-Image anchors are contrasted with every seen class prompt; text anchors
-with images of other classes through per-class moving-average normalisers
-(γ = ``gamma``), SogCLR-style. See clbench/gcl.py for the formulas.
+Image anchors are contrasted with every seen class prompt; each (image, its
+class prompt) pair is a text anchor contrasted with the images of other
+classes through its own moving-average estimator (γ = ``gamma``), indexed by
+the image's dataset id, as SogCLR / LibAUC's bimodal GCL do. See
+clbench/gcl.py for the formulas.
 """
 import torch
 from pydantic import Field
@@ -22,24 +24,27 @@ class GCLReplay(ReplayMethod):
 
     def __init__(self, params, learner):
         super().__init__(params, learner)
-        self.objective = GlobalContrastive(params.gamma)
+        self.objective = GlobalContrastive(len(learner.dataset.train), params.gamma, learner.device)
 
     def loss(self, images, labels, exp):
         learner = self.learner
         seen = learner.stream.seen(exp.index)
         text = learner.class_features(seen, template=self.params.template, grad=True)
         seen_t = torch.tensor(seen, device=labels.device)
-        return self.objective.loss(learner.encode_images(images), labels, text, seen_t, learner.logit_scale)
+        if learner.batch_ids is None:
+            raise RuntimeError("gcl_replay needs the dataset id of every image; its replay memory must return ids")
+        return self.objective.loss(learner.encode_images(images), labels, learner.batch_ids, text, seen_t, learner.logit_scale)
 
     def state_dict(self):
-        return {**super().state_dict(), "log_u": dict(self.objective.log_u)}
+        return {**super().state_dict(), "gcl": self.objective.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.objective.log_u = dict(state["log_u"])
+        self.objective.load_state_dict(state["gcl"])
 
     def record_extras(self):
-        return {"formula": "global contrastive, per-class moving-average normalisers", "gamma": self.params.gamma}
+        return {"formula": "global contrastive loss, per-anchor moving averages over negatives (SogCLR / LibAUC GCLoss_v2)",
+                "gamma": self.params.gamma}
 
 
 @hookimpl

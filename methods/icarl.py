@@ -1,11 +1,17 @@
 """icarl: iCaRL-style learning for CLIP: herding exemplars, distillation, nearest-mean-of-exemplars.
 
 Training minimises cross-entropy over the seen classes' prompts on new and
-replayed images plus ``distill_weight`` × a distillation term: the KL
-divergence (temperature ``temperature``) between the previous model's and
-the current model's scores on the old classes. Prediction is the nearest
-class prototype (the normalised mean of a class's normalised exemplar
-features); a class with no exemplar falls back to its prompt feature.
+replayed images plus ``distill_weight`` × a distillation term on the old
+classes' scores: the soft cross-entropy −Σ_c softmax(z_old/T)_c ·
+log softmax(z/T)_c averaged over the batch, T = ``temperature`` (PyCIL's
+``_KD_loss`` in models/icarl.py, T = 2 there); ``distill_t_squared: true``
+multiplies it by T² (Hinton et al. 2015's scaling, 4× the gradient at T = 2).
+
+Prediction is the nearest class prototype (cosine to the normalised mean of a
+class's normalised exemplar features, Rebuffi et al. 2017). Classes without
+exemplars have no prototype and are never predicted; the classifier cannot
+score upcoming classes, so test sets of upcoming experiences are not evaluated
+and ``fwt`` is null (scoring them by image–text cosine would mix two scales).
 """
 import torch
 import torch.nn.functional as F
@@ -21,11 +27,13 @@ class ICaRLParams(ReplayParams):
     buffer: BufferSpec = Field(default_factory=lambda: BufferSpec(fraction=0.02, policy="herding"))
     distill_weight: float = Field(1.0, ge=0)
     temperature: float = Field(2.0, gt=0)
+    distill_t_squared: bool = False  # scale the distillation by T² (default off, as PyCIL)
 
 
 class ICaRL(ReplayMethod):
     name = "icarl"
     Params = ICaRLParams
+    scores_unseen_classes = False
 
     def __init__(self, params, learner):
         super().__init__(params, learner)
@@ -57,7 +65,7 @@ class ICaRL(ReplayMethod):
             old_features = F.normalize(self.previous.encode_image(images).float(), dim=-1)
             target = self.previous.logit_scale.exp().clamp(max=100) * old_features @ self.previous_text.t()
         current = learner.logit_scale * features @ text[: len(self.old_classes)].t()  # seen() lists old classes first
-        distill = F.kl_div(F.log_softmax(current / T, 1), F.log_softmax(target / T, 1), log_target=True, reduction="batchmean") * T * T
+        distill = soft_cross_entropy(current / T, target / T) * (T * T if self.params.distill_t_squared else 1.0)
         return loss + self.params.distill_weight * distill
 
     def after_experience(self, exp):
@@ -72,11 +80,15 @@ class ICaRL(ReplayMethod):
                 self.prototypes[c] = F.normalize(feats[labels == c].mean(0), dim=0)
 
     def predict(self, images, classes):
-        learner = self.learner
-        features = learner.encode_images(images)
-        text = learner.class_features(classes)
-        protos = torch.stack([self.prototypes.get(c, text[i]) for i, c in enumerate(classes)])
-        return features @ protos.t()
+        """Cosine to each class's prototype (B, len(classes)); −inf for a class without exemplars."""
+        if not self.prototypes:
+            raise RuntimeError("icarl has no exemplars to build prototypes from; give it a buffer")
+        features = self.learner.encode_images(images)
+        dim = next(iter(self.prototypes.values())).shape
+        missing = torch.full(dim, float("nan"), device=features.device)
+        protos = torch.stack([self.prototypes.get(c, missing) for c in classes])
+        scores = features @ protos.t()
+        return scores.nan_to_num(nan=float("-inf"))
 
     def state_dict(self):
         return {**super().state_dict(), "prototypes": dict(self.prototypes)}
@@ -86,7 +98,14 @@ class ICaRL(ReplayMethod):
         self.prototypes = {int(c): v.to(self.learner.device) for c, v in state["prototypes"].items()}
 
     def record_extras(self):
-        return {"prototypes": len(self.prototypes), "distill_weight": self.params.distill_weight}
+        return {"prototypes": len(self.prototypes), "distill_weight": self.params.distill_weight,
+                "distillation": "soft cross-entropy" + (" x T^2" if self.params.distill_t_squared else "") + " (PyCIL _KD_loss)",
+                "classifier": "nearest mean of exemplars; upcoming experiences not scored (fwt null)"}
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """−Σ_c softmax(target)_c · log softmax(logits)_c, averaged over the batch; (B, C) inputs, scalar out."""
+    return -(F.softmax(target_logits, 1) * F.log_softmax(logits, 1)).sum(1).mean()
 
 
 @hookimpl

@@ -56,12 +56,13 @@ def test_class_incremental_stream():
     assert again.class_order_hash == s.class_order_hash
 
 
-def test_explicit_class_order_and_canonical_orders():
+def test_explicit_class_order_and_named_orders():
     d = small()
     s = build_stream(d, "class_incremental", 0, "s", steps=2, class_order=[7, 6, 5, 4, 3, 2, 1, 0])
     assert s.experiences[0].classes == [7, 6, 5, 4]
-    d.canonical_orders[1993] = [1, 0, 2, 3, 4, 5, 6, 7]
-    assert build_stream(d, "class_incremental", 1993, "s", steps=2).class_order[:2] == [1, 0]
+    d.named_orders["mine"] = [1, 0, 2, 3, 4, 5, 6, 7]
+    assert build_stream(d, "class_incremental", 1993, "s", steps=2, class_order="mine").class_order[:2] == [1, 0]
+    assert build_stream(d, "class_incremental", 1993, "s", steps=2).class_order == d.class_order(1993)  # seeded for every seed
     with pytest.raises(UserError, match="permutation"):
         build_stream(d, "class_incremental", 0, "s", steps=2, class_order=[0, 0, 1, 2, 3, 4, 5, 6])
 

@@ -20,7 +20,9 @@ def test_method_contract_on_a_tiny_stream(name, plugins):
     assert record["status"] == "done", record.get("traceback")
     T = len(record["experiences"])
     assert len(record["acc_matrix"]) == T and all(len(row) == T for row in record["acc_matrix"])
-    assert all(0 <= a <= 1 for row in record["acc_matrix"] for a in row)
+    A = record["acc_matrix"]
+    assert all(0 <= A[t][j] <= 1 for t in range(T) for j in range(T) if j <= t or method_cls.scores_unseen_classes)
+    assert all(A[t][j] is None or 0 <= A[t][j] <= 1 for t in range(T) for j in range(T))
     assert set(record["metrics"]) == set(METRICS)
     assert record["cost"]["eval_images"] > 0
 

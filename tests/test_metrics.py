@@ -32,12 +32,32 @@ def test_hand_computed_matrix():
     assert m["zs_retention"] == pytest.approx(0.8)
 
 
-def test_forgetting_uses_max_over_all_earlier_steps():
-    # experience 1 was at its best before it was trained (zero-shot), then dropped
-    B = [[1.0, 0.9], [0.5, 0.6]]
-    m = compute_metrics(B, [1, 1])
-    assert m["forgetting"] == pytest.approx(0.5)
-    assert m["bwt"] == pytest.approx(-0.5)
+def mammoth_forgetting(A):
+    """Mammoth's utils/metrics.py forgetting, transcribed independently: it only ever sees row t's first t+1
+    entries (the experiences trained so far), pads the rows with zeros and maxes each column over every row."""
+    T = len(A)
+    rows = [list(A[t][: t + 1]) + [0.0] * (T - t - 1) for t in range(T)]
+    best = [max(row[j] for row in rows) for j in range(T)]
+    return sum(best[j] - rows[-1][j] for j in range(T - 1)) / (T - 1)
+
+
+def test_forgetting_ignores_scores_from_before_an_experience_was_trained():
+    # the issue's example: experience 0 improves after step 1; the old max over l < T gave -0.10
+    m = compute_metrics([[0.5, 0.1], [0.6, 0.8]], [1, 1])
+    assert m["forgetting"] == pytest.approx(0.0)  # max(0.5, 0.6) - 0.6
+    assert m["bwt"] == pytest.approx(0.1)
+    # experience 1 scored 0.8 zero-shot at step 0, peaked at 0.5 once trained, ends at 0.2:
+    # j0: max(.9, .4, .3) - .3 = .6; j1: max(.5, .2) - .2 = .3 -> 0.45 (a max over every l < T gave (.6 + .6) / 2 = 0.6)
+    B = [[0.9, 0.8, 0.1], [0.4, 0.5, 0.2], [0.3, 0.2, 0.7]]
+    assert compute_metrics(B, [1, 1, 1])["forgetting"] == pytest.approx(0.45)
+    assert mammoth_forgetting(B) == pytest.approx(0.45)
+
+
+def test_frozen_model_on_a_growing_label_space_has_no_forgetting_once_trained_columns_fall():
+    # zero-shot on class-incremental: each column falls as distractor classes arrive; forgetting counts the
+    # fall from the diagonal on (the drop caused by new classes), never the scores from before j existed
+    A = [[0.9, 0.95, 0.97], [0.8, 0.9, 0.93], [0.7, 0.85, 0.9]]
+    assert compute_metrics(A, [1, 1, 1])["forgetting"] == pytest.approx(((0.9 - 0.7) + (0.9 - 0.85)) / 2)
 
 
 def test_one_step_leaves_sequence_metrics_undefined():
@@ -68,13 +88,12 @@ def test_bounds(data):
     for key in ("last", "avg_inc", "avg_acc"):
         assert -1e-9 <= m[key] <= 1 + 1e-9
     if len(A) > 1:
-        # negative only when every earlier peak is beaten at the end (positive backward transfer)
-        assert -1 - 1e-9 <= m["forgetting"] <= 1 + 1e-9
-        if all(A[-1][j] <= A[j][j] for j in range(len(A) - 1)):
-            assert m["forgetting"] >= -1e-9
+        # the final row is in the max: never negative (Mammoth's definition)
+        assert -1e-9 <= m["forgetting"] <= 1 + 1e-9
+        assert m["forgetting"] == pytest.approx(mammoth_forgetting(A))
         assert -1 - 1e-9 <= m["bwt"] <= 1 + 1e-9
         assert -1 - 1e-9 <= m["fwt"] <= 1 + 1e-9
-        # forgetting is at least -bwt: the max over earlier steps includes the diagonal
+        # forgetting is at least -bwt: the max from step j on includes the diagonal
         assert m["forgetting"] >= -m["bwt"] - 1e-9
 
 
@@ -83,10 +102,10 @@ def test_bounds(data):
 def test_bwt_is_minus_forgetting_when_every_max_is_on_the_diagonal(data):
     A, sizes, _ = data
     T = len(A)
-    # make each column peak at its diagonal among steps < T
+    # make each column peak at its diagonal among the steps from j on
     A = [row[:] for row in A]
     for j in range(T - 1):
-        A[j][j] = max(A[l][j] for l in range(T - 1))
+        A[j][j] = max(A[l][j] for l in range(j, T))
     m = compute_metrics(A, sizes)
     if T > 1:
         assert math.isclose(m["bwt"], -m["forgetting"], abs_tol=1e-9)
@@ -100,3 +119,14 @@ def test_constant_matrix_has_no_forgetting(T, a):
     assert m["last"] == pytest.approx(a) and m["avg_inc"] == pytest.approx(a)
     if T > 1:
         assert m["forgetting"] == pytest.approx(0) and m["bwt"] == pytest.approx(0) and m["fwt"] == pytest.approx(0)
+
+
+def test_unscored_upcoming_experiences_leave_only_fwt_undefined():
+    # a method that cannot score classes it has not learned stores None above the diagonal
+    A = [[0.9, None, None], [0.6, 0.8, None], [0.5, 0.7, 0.9]]
+    m = compute_metrics(A, SIZES, initial=Z)
+    assert m["fwt"] is None
+    assert m["forgetting"] == pytest.approx(0.25) and m["bwt"] == pytest.approx(-0.25)
+    assert m["last"] == pytest.approx(46 / 60)
+    with pytest.raises(ValueError):
+        compute_metrics([[0.9, None], [None, 0.8]], [1, 1])

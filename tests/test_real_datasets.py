@@ -10,7 +10,7 @@ from clbench.data.cifar import ICARL_ORDER, build_cifar100
 from clbench.data.domainnet import DOMAINS, build_domainnet, verify_sha512_prefix
 from clbench.data.files import FileImageSet, decode
 from clbench.data.imagefolder import build_imagefolder
-from clbench.data.imagenet import build_imagenet1k, build_imagenet100, read_list
+from clbench.data.imagenet import build_imagenet1k, build_imagenet100, read_list, subset_wnids
 from clbench.data.scenarios import build_stream
 from clbench.errors import UserError
 from clbench.testing import TINY_MODEL, TINY_TRAIN, write_suite
@@ -33,15 +33,17 @@ def run_suite(tmp_path, capsys, stream, name="s"):
 
 # --- CIFAR-100 ---------------------------------------------------------------
 
-def test_cifar100_loads_names_images_and_canonical_order(tmp_path):
+def test_cifar100_loads_names_images_and_named_orders(tmp_path):
     write_cifar100(tmp_path)
     data = build_cifar100(root=str(tmp_path))
     assert data.num_classes == 100 and data.class_names[1] == "aquarium fish" and data.class_names[41] == "lawn mower"
+    assert data.raw_class_names[1] == "aquarium_fish" and data.raw_class_names[41] == "lawn_mower"
     assert data.train.images.shape == (200, 3, 32, 32) and data.train.images.dtype == torch.uint8
-    assert data.class_order(1993)[:5] == [87, 0, 52, 58, 44]
-    assert data.class_order(1993) == ICARL_ORDER and sorted(ICARL_ORDER) == list(range(100))
-    assert data.class_order(0) != ICARL_ORDER  # other seeds: seeded permutations
-    stream = build_stream(data, "class_incremental", 1993, "c", steps=10)
+    assert data.order_names() == ["seeded", "icarl", "pycil"]
+    assert data.class_order(0, "icarl")[:5] == [87, 0, 52, 58, 44] and data.class_order(0, "icarl") == ICARL_ORDER
+    assert data.class_order(0, "pycil")[:3] == [68, 56, 78]
+    assert data.class_order(1993) != ICARL_ORDER  # seed 1993 is a seed like any other: seeded by default
+    stream = build_stream(data, "class_incremental", 1993, "c", steps=10, class_order="icarl")
     assert stream.experiences[0].classes == ICARL_ORDER[:10]
 
 
@@ -85,8 +87,10 @@ def test_cifar100_missing(tmp_path):
 def test_imagenet_lists():
     wnids = read_list("imagenet1k_wnids.txt")
     assert len(wnids) == 1000 == len(set(wnids)) and wnids == sorted(wnids) and wnids[0] == "n01440764"
-    subset = read_list("imagenet100_wnids.txt")
-    assert len(subset) == 100 == len(set(subset)) and set(subset) <= set(wnids) and subset[0] == "n02123159"
+    assert wnids[-1] == "n15075141"
+    for name in ("podnet", "ucir"):
+        subset = subset_wnids(name)
+        assert len(subset) == 100 == len(set(subset)) and set(subset) <= set(wnids)
 
 
 def test_imagenet1k_tree_with_clip_names(tmp_path):
@@ -100,10 +104,19 @@ def test_imagenet1k_tree_with_clip_names(tmp_path):
 
 
 def test_imagenet100_uses_the_published_subset(tmp_path):
-    subset = read_list("imagenet100_wnids.txt")
-    write_imagenet(tmp_path, subset[:3] + ["n01440764"])  # a class outside the subset is ignored...
+    subset = subset_wnids("ucir")
+    write_imagenet(tmp_path, subset[:3] + ["n15075141"])  # a class outside the subset is ignored...
     with pytest.raises(UserError, match=f"{subset[3]}: class folder missing"):  # ...and every subset class is required
-        build_imagenet100(root=str(tmp_path), image_size=32, workers=0)
+        build_imagenet100(root=str(tmp_path), subset="ucir", image_size=32, workers=0)
+
+
+def test_imagenet100_subset_reads_its_classes_and_order(tmp_path):
+    write_imagenet(tmp_path, subset_wnids("podnet"), per_split=(1, 1))
+    data = build_imagenet100(root=str(tmp_path), subset="podnet", image_size=16, workers=0)
+    assert data.class_names[:2] == ["tench", "goldfish"] and data.order_names() == ["seeded", "podnet"]
+    assert build_stream(data, "class_incremental", 0, "i", steps=10, class_order="podnet").experiences[0].classes[:3] == [68, 56, 78]
+    with pytest.raises(UserError, match="class_order: dataset 'imagenet100' has no order 'ucir'; known: seeded, podnet"):
+        build_stream(data, "class_incremental", 0, "i", steps=10, class_order="ucir")
 
 
 def test_imagenet_stream_runs_through_clbench_run(tmp_path, capsys):

@@ -7,10 +7,12 @@ them on the device, so datasets never depend on a particular model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
+
+from ..config import StreamConfig
 
 
 class ImageSet:
@@ -18,6 +20,7 @@ class ImageSet:
 
     labels: torch.Tensor  # int64 (N,), global class ids
     domains: torch.Tensor | None  # int64 (N,) domain ids, or None
+    ids: torch.Tensor  # int64 (N,): each image's position in its dataset split, kept through subset/concat
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -53,20 +56,34 @@ class ImageSet:
         return self.subset(keep.nonzero().flatten())
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) batches; the last one may be smaller."""
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, with_ids: bool = False
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(uint8 images, labels) batches, plus the images' dataset ids with ``with_ids``; the last may be smaller."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            yield self.load(index), self.labels[index]
+            yield (self.load(index), self.labels[index]) + ((self.ids[index],) if with_ids else ())
+
+    def with_ids(self, ids: torch.Tensor) -> "ImageSet":
+        """This set with new dataset ids (int64 (N,)); Dataset numbers its train split 0..N-1 with it."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.shape != self.labels.shape:
+            raise ValueError("ids must have one entry per image")
+        self.ids = ids
+        return self
+
+
+def default_ids(labels: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    """``ids`` as int64, or 0..N-1 for a set built without them."""
+    return torch.arange(len(labels)) if ids is None else torch.as_tensor(ids, dtype=torch.long)
 
 
 class InMemoryImageSet(ImageSet):
     """All pixels in one uint8 tensor: the fast path for small datasets."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor | None = None,
+                 ids: torch.Tensor | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("images must be a uint8 tensor of shape (N, 3, H, W)")
         if len(images) != len(labels) or (domains is not None and len(domains) != len(labels)):
@@ -74,36 +91,42 @@ class InMemoryImageSet(ImageSet):
         self.images = images
         self.labels = labels.long()
         self.domains = None if domains is None else domains.long()
+        self.ids = default_ids(self.labels, ids)
 
     def subset(self, index: torch.Tensor) -> "InMemoryImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         domains = None if self.domains is None else self.domains[index]
-        return InMemoryImageSet(self.images[index], self.labels[index], domains)
+        return InMemoryImageSet(self.images[index], self.labels[index], domains, self.ids[index])
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
         return self.images[index]
 
     def to(self, device) -> "InMemoryImageSet":
         """Pixels on ``device``; labels stay on the host, so choosing classes never waits on the device."""
-        return InMemoryImageSet(self.images.to(device), self.labels, self.domains)
+        return InMemoryImageSet(self.images.to(device), self.labels, self.domains, self.ids)
 
     def concat(self, other: "InMemoryImageSet") -> "InMemoryImageSet":
         domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])
-        return InMemoryImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), domains)
+        return InMemoryImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), domains,
+                                torch.cat([self.ids, other.ids]))
 
     def stored_bytes(self) -> int:
         return self.images.numel() * self.images.element_size() + len(self) * 8
 
     def state(self) -> dict:
-        return {"kind": "memory", "images": self.images, "labels": self.labels, "domains": self.domains}
+        return {"kind": "memory", "images": self.images, "labels": self.labels, "domains": self.domains, "ids": self.ids}
 
 
 def image_set_from_state(state: dict) -> ImageSet:
     if state["kind"] == "memory":
-        return InMemoryImageSet(state["images"], state["labels"], state["domains"])
+        return InMemoryImageSet(state["images"], state["labels"], state["domains"], state.get("ids"))
     from .files import FileImageSet
 
-    return FileImageSet(state["paths"], state["labels"], state["domains"], state["size"], state["workers"])
+    return FileImageSet(state["paths"], state["labels"], state["domains"], state["size"], state["workers"], state.get("ids"))
+
+
+#: the default class order: a torch permutation seeded by the cell's seed
+SEEDED = StreamConfig.SEEDED_ORDER
 
 
 @dataclass
@@ -114,19 +137,52 @@ class Dataset:
     train: ImageSet
     test: ImageSet
     domain_names: list[str] | None = None
-    #: class orders fixed by convention for some seeds (e.g. iCaRL's CIFAR-100 order)
-    canonical_orders: dict[int, list[int]] = field(default_factory=dict)
+    #: published class orders beside ``seeded``: name -> permutation of 0..n-1 (each cites its source where built)
+    named_orders: dict[str, list[int]] = field(default_factory=dict)
+    #: class names exactly as the source ships them (torchvision's CIFAR-100 "aquarium_fish"); None: not offered
+    raw_class_names: list[str] | None = None
+
+    def __post_init__(self):
+        # one id per training image (0..N-1), whatever sets the plugin concatenated: per-sample state
+        # (e.g. gcl_replay's moving averages) is indexed by it, for new and replayed images alike
+        self.train.with_ids(torch.arange(len(self.train)))
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def class_order(self, seed: int) -> list[int]:
-        """The canonical order for a conventional seed, else a seeded permutation."""
-        if seed in self.canonical_orders:
-            return list(self.canonical_orders[seed])
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(self.num_classes, generator=g).tolist()
+    def class_order(self, seed: int, name: str | None = None) -> list[int]:
+        """The class ids in stream order, a list of length ``num_classes``.
+
+        ``name`` None or ``"seeded"``: ``torch.randperm(num_classes)`` after ``manual_seed(seed)``,
+        for every seed (1993 included: a published order is asked for by name). Any other
+        name: that entry of ``named_orders``. Raises ValueError, naming the known orders,
+        for a name this dataset does not offer.
+        """
+        if name is None or name == SEEDED:
+            g = torch.Generator().manual_seed(int(seed))
+            return torch.randperm(self.num_classes, generator=g).tolist()
+        if name not in self.named_orders:
+            raise ValueError(f"dataset '{self.name}' has no class order '{name}'; known: {', '.join(self.order_names())}")
+        return list(self.named_orders[name])
+
+    def order_names(self) -> list[str]:
+        """``seeded`` followed by the named orders this dataset offers."""
+        return [SEEDED, *self.named_orders]
+
+    def with_prompts(self, templates: list[str] | None = None, class_names: str = "clip") -> "Dataset":
+        """A copy (sharing the image sets) that prompts CLIP differently.
+
+        ``templates``: replaces the dataset's prompt templates (None keeps them); ``class_names``:
+        ``clip`` keeps the names written for prompts, ``raw`` uses ``raw_class_names``. Raises
+        ValueError for ``raw`` on a dataset without raw names, or for another value.
+        """
+        if class_names not in ("clip", "raw"):
+            raise ValueError(f"class_names must be 'clip' or 'raw', not {class_names!r}")
+        if class_names == "raw" and self.raw_class_names is None:
+            raise ValueError(f"dataset '{self.name}' offers no raw class names; use 'clip'")
+        names = list(self.raw_class_names) if class_names == "raw" else list(self.class_names)
+        return replace(self, class_names=names, templates=list(templates) if templates else list(self.templates))
 
     def prompts(self, class_index: int) -> list[str]:
         return [t.format(self.class_names[class_index]) for t in self.templates]

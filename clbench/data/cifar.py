@@ -5,6 +5,10 @@ Expected at ``<data root>/cifar100/cifar-100-python/{train,test,meta}``;
 The pickles are read with an unpickler that admits only numpy arrays and
 builtin containers, so a tampered file cannot run code. All 60,000 images
 stay in memory as one uint8 tensor (180 MB), the fast path.
+
+Class names for prompts have spaces ("aquarium fish"); the raw names
+("aquarium_fish", torchvision's ``classes``) are offered for protocols that
+prompt with them. Class orders: ``seeded`` (default), ``icarl``, ``pycil``.
 """
 from __future__ import annotations
 
@@ -21,16 +25,23 @@ from clbench import hookimpl
 from ..errors import UserError
 from .base import Dataset, InMemoryImageSet
 from .root import data_root
+from .scenarios import numpy_permutation
 
 FOLDER = "cifar100"
-#: iCaRL's class order (Rebuffi et al. 2017), used by PyCIL, PODNet, DER and others for seed 1993
+#: ``class_order: icarl``: the order of iCaRL's original code (Rebuffi et al. 2017). Source:
+#: arthurdouillard/incremental_learning.pytorch (PODNet) inclearn/lib/data/datasets.py, iCIFAR100.class_order
+#: ("Taken from original iCaRL implementation"); Continual-CLIP loads it from class_orders/cifar100.yaml
+#: (vgthengane/Continual-CLIP run_experiment.sh), the same list as JiazuoYu/MoE-Adapters4CL cil/class_orders/cifar100.yaml.
 ICARL_ORDER = [
     87, 0, 52, 58, 44, 91, 68, 97, 51, 15, 94, 92, 10, 72, 49, 78, 61, 14, 8, 86, 84, 96, 18, 24, 32,
     45, 88, 11, 4, 67, 69, 66, 77, 47, 79, 93, 29, 50, 57, 83, 17, 81, 41, 12, 37, 59, 25, 20, 80, 73,
     1, 28, 6, 46, 62, 82, 53, 9, 31, 75, 38, 63, 33, 74, 27, 22, 36, 3, 16, 21, 60, 19, 70, 90, 89,
     43, 5, 42, 65, 76, 40, 30, 23, 85, 2, 95, 56, 48, 71, 64, 98, 13, 99, 7, 34, 55, 54, 26, 35, 39,
 ]
-CANONICAL_SEED = 1993
+#: ``class_order: pycil``: PyCIL's order, numpy's legacy permutation of the 100 labels under seed 1993 (68, 56, 78, ...).
+#: Source: G-U-N/PyCIL utils/data_manager.py (_setup_data: np.random.seed(seed); np.random.permutation) with
+#: utils/data.py iCIFAR100.class_order = arange(100) and exps/*.json ("shuffle": true, "seed": [1993]). Computed, not stored.
+PYCIL_SEED = 1993
 #: CLIP's prompt templates for CIFAR (Radford et al. 2021)
 TEMPLATES = [
     "a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.", "a low contrast photo of a {}.",
@@ -107,12 +118,15 @@ def build_cifar100(**options) -> Dataset:
         templates=list(TEMPLATES),
         train=InMemoryImageSet(train_x, train_y),
         test=InMemoryImageSet(test_x, test_y),
-        canonical_orders={CANONICAL_SEED: ICARL_ORDER},
+        named_orders={"icarl": list(ICARL_ORDER), "pycil": numpy_permutation(100, PYCIL_SEED)},
+        raw_class_names=list(names),  # torchvision's fine_label_names, as Continual-CLIP prompts them
     )
 
 
 build_cifar100.Options = CifarOptions
 build_cifar100.num_classes = lambda options: 100
+build_cifar100.class_orders = lambda options: ("icarl", "pycil")  # named orders beside seeded, known without the data
+build_cifar100.offers_raw_names = True
 
 
 @hookimpl

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from ..errors import UserError
-from .base import ImageSet
+from .base import ImageSet, default_ids
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 DEFAULT_SIZE = 224
@@ -66,7 +66,7 @@ def default_workers() -> int:
 
 class FileImageSet(ImageSet):
     def __init__(self, paths: list[str], labels: torch.Tensor, domains: torch.Tensor | None = None,
-                 size: int = DEFAULT_SIZE, workers: int | None = None):
+                 size: int = DEFAULT_SIZE, workers: int | None = None, ids: torch.Tensor | None = None):
         if len(paths) != len(labels):
             raise ValueError("paths and labels must have the same length")
         self.paths = list(paths)
@@ -74,15 +74,18 @@ class FileImageSet(ImageSet):
         self.domains = None if domains is None else torch.as_tensor(domains, dtype=torch.long)
         self.size = size
         self.workers = default_workers() if workers is None else workers
+        self.ids = default_ids(self.labels, ids)
 
     def subset(self, index: torch.Tensor) -> "FileImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         domains = None if self.domains is None else self.domains[index]
-        return FileImageSet([self.paths[i] for i in index.tolist()], self.labels[index], domains, self.size, self.workers)
+        return FileImageSet([self.paths[i] for i in index.tolist()], self.labels[index], domains, self.size, self.workers,
+                            self.ids[index])
 
     def concat(self, other: "FileImageSet") -> "FileImageSet":
         domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])
-        return FileImageSet(self.paths + other.paths, torch.cat([self.labels, other.labels]), domains, self.size, self.workers)
+        return FileImageSet(self.paths + other.paths, torch.cat([self.labels, other.labels]), domains, self.size, self.workers,
+                            torch.cat([self.ids, other.ids]))
 
     def stored_bytes(self) -> int:
         """The encoded files: what a system keeping these exemplars on disk would hold."""
@@ -90,7 +93,7 @@ class FileImageSet(ImageSet):
 
     def state(self) -> dict:
         return {"kind": "files", "paths": list(self.paths), "labels": self.labels, "domains": self.domains,
-                "size": self.size, "workers": self.workers}
+                "size": self.size, "workers": self.workers, "ids": self.ids}
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
         images, bad = _collate([_Decoder(self.paths, self.size)[i] for i in torch.as_tensor(index).tolist()])
@@ -98,7 +101,7 @@ class FileImageSet(ImageSet):
             raise UserError(f"unreadable image {bad}; replace or remove the file")
         return images
 
-    def batches(self, batch_size, shuffle=False, generator=None):
+    def batches(self, batch_size, shuffle=False, generator=None, with_ids=False):
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         paths = [self.paths[i] for i in order.tolist()]
@@ -110,7 +113,8 @@ class FileImageSet(ImageSet):
         for start, (images, bad) in zip(range(0, n, batch_size), loader):
             if bad:
                 raise UserError(f"unreadable image {bad}; replace or remove the file")
-            yield images, self.labels[order[start : start + batch_size]]
+            index = order[start : start + batch_size]
+            yield (images, self.labels[index]) + ((self.ids[index],) if with_ids else ())
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -2,15 +2,32 @@
 
 Expected at ``<data root>/imagenet/{train,val}/<wnid>/*.JPEG`` (val sorted
 into class folders, as most tools expect). Class ids follow the standard
-order (sorted wnids); names and the 80 prompt templates are CLIP's, from
-open_clip. ``imagenet100`` is the 100-class subset of PODNet and PyCIL
-(the "seed 1993" list shipped in clbench/data/lists/), read from the same
-tree; its canonical order for seed 1993 is the list's order.
+order (sorted wnids, ``lists/imagenet1k_wnids.txt``); names and the 80 prompt
+templates are CLIP's, from open_clip.
+
+``imagenet100`` reads the same tree and keeps a published 100-class subset,
+named by its required ``subset`` option; each subset brings its own order:
+
+- ``podnet``: PODNet's ImageNet-100, arthurdouillard/incremental_learning.pytorch
+  imagenet_split/val_100.txt (and train_100.txt), lines ``val/<wnid>/<file> <label>``
+  whose label k is the k-th wnid in sorted order, k < 100 (read in the stored
+  val_100.txt: labels 0-34, 55-62 and 98-99 checked, lines in wnid order). Class
+  ids are those labels. Order ``podnet``: options/data/imagenet100_1order.yaml
+  (68, 56, 78, 8, 23, ...), which is numpy's seed-1993 permutation.
+- ``ucir``: UCIR's ``seed_1993_subset_100_imagenet``, hshustc/CVPR19_Incremental_Learning
+  imagenet-class-incremental/gen_imagenet_subset.py: ``np.random.seed(1993);
+  np.random.choice(<the 1000 sorted train folders>, 100, replace=False)``. Its
+  training script reads the copied subset with ImageFolder, so class ids follow
+  the subset's sorted wnids; order ``ucir``: class_incremental_cosine_imagenet.py
+  (``np.random.seed(1993)``, then ``np.random.shuffle(np.arange(100))``).
+
+Both are computed from the sorted wnid list with numpy's legacy RandomState;
+no subset list is stored.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,13 +36,18 @@ from clbench import hookimpl
 from .base import Dataset
 from .folders import scan_split
 from .root import dataset_dir
+from .scenarios import numpy_permutation
 
 LISTS = Path(__file__).parent / "lists"
 FOLDER = "imagenet"
 HINT = "get ILSVRC-2012 from image-net.org and lay it out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG"
+SEED_1993 = 1993  # the seed of UCIR's subset and of the PODNet / UCIR / PyCIL class orders
+#: subset -> the named orders it offers beside seeded
+SUBSET_ORDERS = {"podnet": ("podnet",), "ucir": ("ucir",)}
 
 
 def read_list(name: str) -> list[str]:
+    """The non-empty lines of ``clbench/data/lists/<name>``, stripped."""
     return [line.strip() for line in (LISTS / name).read_text().splitlines() if line.strip()]
 
 
@@ -33,6 +55,19 @@ def clip_names_and_templates() -> tuple[list[str], list[str]]:
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
     return list(IMAGENET_CLASSNAMES), [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
+def subset_wnids(subset: str) -> list[str]:
+    """The 100 wnids of a published ImageNet-100 subset, in class-id order (sources in the module docstring).
+
+    Raises ValueError for an unknown subset name.
+    """
+    wnids = read_list("imagenet1k_wnids.txt")  # sorted, as ImageFolder and PODNet's labels order them
+    if subset == "podnet":
+        return wnids[:100]
+    if subset == "ucir":
+        return sorted(wnids[i] for i in numpy_permutation(len(wnids), SEED_1993)[:100])
+    raise ValueError(f"unknown ImageNet-100 subset '{subset}'; known: {', '.join(SUBSET_ORDERS)}")
 
 
 class ImageNetOptions(BaseModel):
@@ -43,7 +78,11 @@ class ImageNetOptions(BaseModel):
     workers: Optional[int] = Field(None, ge=0)  # decoding processes; default min(8, CPUs)
 
 
-def _build(name: str, wnids: list[str], opts: ImageNetOptions, canonical: dict) -> Dataset:
+class ImageNet100Options(ImageNetOptions):
+    subset: Literal["podnet", "ucir"]  # required: which published 100-class list
+
+
+def _build(name: str, wnids: list[str], opts: ImageNetOptions, named_orders: dict) -> Dataset:
     base = dataset_dir(opts.root, FOLDER, HINT)
     all_wnids = read_list("imagenet1k_wnids.txt")
     names, templates = clip_names_and_templates()
@@ -54,7 +93,7 @@ def _build(name: str, wnids: list[str], opts: ImageNetOptions, canonical: dict) 
     sets = {split: scan_split(base / split, wnids, size=opts.image_size, workers=opts.workers) for split in ("train", "val")}
     return Dataset(
         name=name, class_names=[names[index[w]] for w in wnids], templates=templates,
-        train=sets["train"], test=sets["val"], canonical_orders=canonical,
+        train=sets["train"], test=sets["val"], named_orders=named_orders,
     )
 
 
@@ -63,13 +102,15 @@ def build_imagenet1k(**options) -> Dataset:
 
 
 def build_imagenet100(**options) -> Dataset:
-    wnids = read_list("imagenet100_wnids.txt")
-    return _build("imagenet100", wnids, ImageNetOptions(**options), {1993: list(range(len(wnids)))})
+    opts = ImageNet100Options(**options)
+    order = numpy_permutation(100, SEED_1993)
+    return _build("imagenet100", subset_wnids(opts.subset), opts, {name: list(order) for name in SUBSET_ORDERS[opts.subset]})
 
 
 build_imagenet1k.Options = ImageNetOptions
-build_imagenet100.Options = ImageNetOptions
+build_imagenet100.Options = ImageNet100Options
 build_imagenet100.num_classes = lambda options: 100
+build_imagenet100.class_orders = lambda options: SUBSET_ORDERS.get(options.get("subset"), ())
 
 
 @hookimpl

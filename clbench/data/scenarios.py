@@ -1,10 +1,15 @@
 """Cutting a dataset into a stream of experiences.
 
-Class-incremental: the classes, in a seeded order, are split into ``steps``
-groups; experience t holds the images of its group. Domain-incremental: one
-experience per visual domain, every class in each. The class order and the
-classifier used to score each (step, test set) pair live here, so the Learner
-and the metrics agree on them.
+Class-incremental: the classes, in a seeded or a published order, are split
+into ``steps`` groups; experience t holds the images of its group.
+Domain-incremental: one experience per visual domain, every class in each. The
+class order and the classifier used to score each (step, test set) pair live
+here, so the Learner and the metrics agree on them.
+
+Class orders: ``seeded`` (the default, for every seed) is a torch permutation
+seeded by the cell's seed; a dataset may offer published orders by name
+(``Dataset.named_orders``, e.g. CIFAR-100's ``icarl`` and ``pycil``); a stream
+may also give an explicit permutation.
 """
 from __future__ import annotations
 
@@ -12,8 +17,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..config import StreamPrompts
 from ..errors import UserError
-from .base import Dataset, ImageSet
+from .base import SEEDED, Dataset, ImageSet
 
 CLASS_INCREMENTAL = "class_incremental"
 DOMAIN_INCREMENTAL = "domain_incremental"
@@ -71,13 +79,53 @@ class Stream:
         return hashlib.sha256(json.dumps(self.class_order).encode()).hexdigest()[:16]
 
 
-def resolve_class_order(dataset: Dataset, seed: int, explicit: list[int] | None, where: str) -> list[int]:
-    if explicit is None:
-        return dataset.class_order(seed)
+def numpy_permutation(n: int, seed: int) -> list[int]:
+    """``np.random.seed(seed); np.random.permutation(n)`` as a list, computed on a private legacy RandomState.
+
+    The rule behind the "seed 1993" orders of PyCIL (G-U-N/PyCIL utils/data_manager.py,
+    ``_setup_data`` with ``shuffle``), UCIR (hshustc/CVPR19_Incremental_Learning
+    imagenet-class-incremental/class_incremental_cosine_imagenet.py) and PODNet's
+    ImageNet-100 order (arthurdouillard/incremental_learning.pytorch
+    options/data/imagenet100_1order.yaml). numpy keeps the legacy stream fixed across
+    versions (NEP 19), and the global numpy state is left untouched.
+    """
+    return np.random.RandomState(seed).permutation(n).tolist()
+
+
+def resolve_class_order(dataset: Dataset, seed: int, order: str | list[int] | None, where: str) -> list[int]:
+    """The stream's class order (a permutation of 0..n-1) from a name, an explicit list, or None (seeded).
+
+    Raises UserError naming ``<where>.class_order`` for an order the dataset does not offer
+    or a list that is not a permutation of its class ids.
+    """
+    if order is None or isinstance(order, str):
+        name = order or SEEDED
+        if name != SEEDED and name not in dataset.named_orders:
+            raise UserError(f"{where}.class_order: dataset '{dataset.name}' has no order '{name}'; known: {', '.join(dataset.order_names())}")
+        return dataset.class_order(seed, name)
     n = dataset.num_classes
-    if sorted(explicit) != list(range(n)):
+    if sorted(order) != list(range(n)):
         raise UserError(f"{where}.class_order: must be a permutation of 0..{n - 1} for dataset '{dataset.name}'")
-    return list(explicit)
+    return list(order)
+
+
+def apply_prompts(dataset: Dataset, prompts: dict | None, where: str) -> Dataset:
+    """The dataset as a stream's ``prompts:`` mapping ({templates, class_names}, keys optional) names its classes.
+
+    Raises UserError naming ``<where>.prompts`` for a template without exactly one ``{}``
+    or for raw names the dataset does not have.
+    """
+    if not prompts:
+        return dataset
+    templates = prompts.get("templates")
+    for template in templates or []:
+        problem = StreamPrompts.template_problem(template)
+        if problem:
+            raise UserError(f"{where}.prompts.templates: template {template!r} {problem}")
+    try:
+        return dataset.with_prompts(templates, prompts.get("class_names", "clip"))
+    except ValueError as exc:
+        raise UserError(f"{where}.prompts.class_names: {exc}") from None
 
 
 def split_evenly(items: list[int], parts: int) -> list[list[int]]:
@@ -97,11 +145,20 @@ def build_stream(
     seed: int,
     label: str,
     steps: int | None = None,
-    class_order: list[int] | None = None,
+    class_order: str | list[int] | None = None,
     domains: list[str] | None = None,
     holdout_classes: int = 0,
     where: str = "stream",
+    prompts: dict | None = None,
 ) -> Stream:
+    """The stream of experiences cut from ``dataset``.
+
+    ``class_order``: a name the dataset offers (``seeded`` when None) or an explicit
+    permutation; ``prompts``: ``{templates, class_names}`` replacing how CLIP names the
+    classes (the stream's ``dataset`` is then the re-prompted copy). Raises UserError
+    naming the stream key for any input that cannot make a stream.
+    """
+    dataset = apply_prompts(dataset, prompts, where)
     order = resolve_class_order(dataset, seed, class_order, where)
     if holdout_classes >= len(order):
         raise UserError(f"{where}.holdout_classes: {holdout_classes} leaves no class for the stream ({len(order)} classes)")

@@ -30,7 +30,7 @@ class CSVLogger(Logger):
         self.writer.writerow({
             "time": round(time.time(), 3), "cell_id": cell.cell_id, "method": cell.method, "variant": cell.variant,
             "stream": cell.stream_label, "seed": cell.seed, "step": report.step, "seen_accuracy": round(step_accuracy(report), 6),
-            "train_loss": report.train_loss, "acc_row": " ".join(f"{a:.6f}" for a in report.acc_row),
+            "train_loss": report.train_loss, "acc_row": " ".join("nan" if a is None else f"{a:.6f}" for a in report.acc_row),
         })
         self.file.flush()
 
