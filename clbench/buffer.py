@@ -4,14 +4,30 @@ The capacity is given as ``size`` (exemplars), ``per_class`` (grows with the
 classes seen) or ``fraction`` of the stream's training set. Exemplars are
 kept as a subset of the training data itself (uint8 pixels in memory, or
 file references whose encoded bytes are counted), never as float tensors.
-Selection is deterministic under the cell's seed and rebalanced whenever new
-classes arrive.
+Selection is deterministic under the cell's seed and redone after every
+experience (``ReplayBuffer.update``).
 
 Policies:
-- ``class_balanced`` (default): a random, equal share per seen class;
-- ``reservoir``: reservoir sampling over every sample in arrival order;
+- ``class_balanced`` (default): every seen class gets an equal share
+  (``split_quota``); within a class, every image of that class offered so
+  far is in the memory with the same probability quota_c / N_c;
+- ``reservoir``: one share for the whole stream; every image offered so far
+  is in the memory with the same probability K / N (K the capacity, N the
+  images offered so far) -- the inclusion property of reservoir sampling
+  (Vitter 1985, "Random sampling with a reservoir", Algorithm R), kept here
+  also when K grows (``per_class``);
 - ``herding``: per class, iCaRL's herding order on image features (the
-  prefix of the order is kept when a class's share shrinks).
+  prefix of the order is kept when a class's share shrinks); deterministic.
+
+How the two random policies select is in clbench/sampling.py: every image
+offered so far is in the memory with the same probability (K / N for
+``reservoir``, quota_c / N_c within class c for ``class_balanced``) and each
+experience keeps about its proportional share (within one exemplar in the
+common cases; see there).
+
+``sample(n)`` draws a replay batch (images, labels, dataset ids) without
+replacement, as Mammoth's ``utils/buffer.py`` (``Buffer.get_data`` with
+``np.random.choice(..., replace=False)``).
 """
 from __future__ import annotations
 
@@ -21,8 +37,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data.base import ImageSet
+from .sampling import BLOCK_KEYS, no_blocks, select
 
 Policy = Literal["class_balanced", "reservoir", "herding"]
+
 
 
 class BufferSpec(BaseModel):
@@ -70,13 +88,22 @@ def herding_order(features: torch.Tensor, k: int) -> list[int]:
 
 
 class ReplayBuffer:
+    """The replay memory of one cell: ``update`` after each experience, ``sample`` at every step.
+
+    Attributes: ``data`` (the exemplars, an ImageSet, or None when empty),
+    ``origin`` (int64 (len,), the index of the experience each exemplar came from,
+    0 for the first ``update``), ``blocks`` (per pool and origin experience: ``offered``
+    images, ``expected`` exemplars held, ``low``/``high`` bounds on exemplars held).
+    """
+
     def __init__(self, spec: BufferSpec, stream_train_size: int, seed: int):
         self.spec = spec
         self.generator = torch.Generator().manual_seed(seed + 7919)  # independent of the training order
         self.stream_train_size = stream_train_size
         self.data: ImageSet | None = None
-        self.seen_samples = 0  # reservoir: samples offered so far
-        self.class_seen: dict[int, int] = {}  # class_balanced: images of each class offered so far
+        self.origin = torch.zeros(0, dtype=torch.long)
+        self.experiences = 0  # updates so far; the origin the next experience's images get
+        self.blocks = no_blocks()
 
     def capacity(self, n_classes: int) -> int:
         s = self.spec
@@ -99,71 +126,93 @@ class ReplayBuffer:
         labels, counts = self.data.labels.unique(return_counts=True)
         return dict(zip(labels.tolist(), counts.tolist()))
 
+    def origin_counts(self) -> dict[int, int]:
+        """Exemplars per origin experience (0 = the first experience given to ``update``)."""
+        origins, counts = self.origin.unique(return_counts=True)
+        return dict(zip(origins.tolist(), counts.tolist()))
+
     def update(self, new: ImageSet, seen_classes: list[int], features: Callable[[ImageSet], torch.Tensor] | None = None) -> None:
-        """Fold an experience's training set in and shrink every class to its share."""
+        """Fold an experience's training set ``new`` in and re-select the memory.
+
+        ``seen_classes``: every class seen so far (this experience's included), in the
+        order that decides who gets the remainder of ``split_quota``; images of other
+        classes are not kept by ``class_balanced``/``herding``. ``features`` maps an
+        ImageSet to (len, D) image features; only ``herding`` needs it (ValueError
+        without it). The memory never holds more than ``capacity(len(seen_classes))``
+        exemplars; see the module docstring for the inclusion probabilities.
+        """
         capacity = self.capacity(len(seen_classes))
-        if self.spec.policy == "reservoir":
-            self._reservoir(new, capacity)
-            return
-        quota = split_quota(capacity, seen_classes)
+        experience = self.experiences
         pool = new if self.data is None else self.data.concat(new)
-        old = 0 if self.data is None else len(self.data)
+        n_old = len(self)
+        origin = torch.cat([self.origin, torch.full((len(new),), experience, dtype=torch.long)])
+        if self.spec.policy == "herding":
+            keep = self._herding(pool, n_old, split_quota(capacity, seen_classes), seen_classes, features)
+        else:
+            if self.spec.policy == "reservoir":
+                pool_of = torch.zeros(len(pool), dtype=torch.long)
+
+                def quota_of(ids: torch.Tensor) -> torch.Tensor:
+                    return torch.full((len(ids),), capacity, dtype=torch.long)
+            else:
+                pool_of = pool.labels
+                quota = split_quota(capacity, seen_classes)
+
+                def quota_of(ids: torch.Tensor) -> torch.Tensor:
+                    return torch.tensor([quota.get(c, 0) for c in ids.tolist()], dtype=torch.long)
+            keep, self.blocks = select(self.blocks, pool_of, origin, n_old, experience, quota_of, self.generator)
+            keep = keep[torch.randperm(len(keep), generator=self.generator)]  # no order left over from selection
+        self.data = pool.subset(keep) if len(keep) else None
+        self.origin = origin[keep]
+        self.experiences += 1
+
+    def _herding(self, pool: ImageSet, old: int, quota: dict[int, int], seen_classes: list[int], features) -> torch.Tensor:
         keep: list[torch.Tensor] = []
         for c in seen_classes:
             idx = (pool.labels == c).nonzero().flatten()
             old_idx, new_idx = idx[idx < old], idx[idx >= old]
-            seen_before = self.class_seen.get(c, 0)
-            self.class_seen[c] = seen_before + len(new_idx)
             if len(idx) == 0 or quota[c] == 0:
                 continue
-            if len(new_idx) == 0:  # shrink: keep the prefix (herding order, or an already random order)
+            if len(new_idx) == 0:  # shrink: keep the prefix of the herding order
                 keep.append(old_idx[: quota[c]])
-            elif self.spec.policy == "herding":
+            else:
                 if features is None:
                     raise ValueError("herding needs image features")
                 order = herding_order(features(pool.subset(idx)), quota[c])
                 keep.append(idx[torch.tensor(order, dtype=torch.long)])
-            else:  # a uniform sample over every image of the class seen so far
-                share_old = quota[c] * seen_before / (seen_before + len(new_idx))
-                k_old = min(len(old_idx), round(share_old))
-                k_new = min(len(new_idx), quota[c] - k_old)
-                k_old = min(len(old_idx), quota[c] - k_new)  # fill from old if new ran short
-                chosen = torch.cat([old_idx[:k_old], new_idx[torch.randperm(len(new_idx), generator=self.generator)[:k_new]]])
-                keep.append(chosen[torch.randperm(len(chosen), generator=self.generator)])
-        self.data = pool.subset(torch.cat(keep)) if keep else None
+        return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
 
-    def _reservoir(self, new: ImageSet, capacity: int) -> None:
-        slots: list[tuple[str, int]] = [] if self.data is None else [("old", i) for i in range(len(self.data))]
-        slots = slots[:capacity]
-        for i in range(len(new)):
-            self.seen_samples += 1
-            if len(slots) < capacity:
-                slots.append(("new", i))
-            else:
-                j = int(torch.randint(0, self.seen_samples, (1,), generator=self.generator))
-                if j < capacity:
-                    slots[j] = ("new", i)
-        if not slots:
-            self.data = None
-            return
-        pool = new if self.data is None else self.data.concat(new)
-        offset = 0 if self.data is None else len(self.data)
-        index = torch.tensor([i if src == "old" else offset + i for src, i in slots], dtype=torch.long)
-        self.data = pool.subset(index)
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A replay batch: uint8 images (n, 3, H, W), labels (n,) and dataset ids (n,).
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n random exemplars (uint8 images, labels), with replacement across calls."""
-        index = torch.randint(0, len(self), (n,), generator=self.generator)
-        return self.data.load(index), self.data.labels[index]
+        Drawn without replacement, as Mammoth's ``Buffer.get_data``
+        (``np.random.choice(..., replace=False)``): while the memory holds at least n
+        exemplars no exemplar appears twice in a batch; for n larger than the memory
+        every exemplar appears n // len or n // len + 1 times. Batches are drawn
+        independently of each other, from the buffer's own generator.
+        ValueError for n < 0 or an empty memory.
+        """
+        if n < 0:
+            raise ValueError(f"sample size must be >= 0, got {n}")
+        size = len(self)
+        if size == 0:
+            raise ValueError("cannot sample from an empty replay memory")
+        rounds, rest = divmod(n, size)
+        index = torch.randperm(size, generator=self.generator)[:rest]
+        if rounds:
+            index = torch.cat([torch.arange(size).repeat(rounds), index])
+            index = index[torch.randperm(n, generator=self.generator)]
+        return self.data.load(index), self.data.labels[index], self.data.ids[index]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "seen_samples": self.seen_samples,
-                "class_seen": dict(self.class_seen), "data": None if self.data is None else self.data.state()}
+        return {"generator": self.generator.get_state(), "experiences": self.experiences, "origin": self.origin,
+                "blocks": dict(self.blocks), "data": None if self.data is None else self.data.state()}
 
     def load_state_dict(self, state: dict) -> None:
         from .data.base import image_set_from_state
 
         self.generator.set_state(state["generator"])
-        self.seen_samples = state["seen_samples"]
-        self.class_seen = dict(state["class_seen"])
+        self.experiences = int(state["experiences"])
+        self.origin = state["origin"].long()
+        self.blocks = {k: state["blocks"][k] for k in BLOCK_KEYS}
         self.data = None if state["data"] is None else image_set_from_state(state["data"])

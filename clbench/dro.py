@@ -29,14 +29,6 @@ import math
 import torch
 
 
-def per_class_mean(per_sample: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(classes present (C,), mean of ``per_sample`` (B,) over each class's samples (C,))."""
-    classes, inverse = labels.unique(return_inverse=True)
-    sums = torch.zeros(len(classes), dtype=per_sample.dtype, device=per_sample.device).index_add(0, inverse, per_sample)
-    counts = torch.bincount(inverse, minlength=len(classes)).to(per_sample.dtype)
-    return classes, sums / counts
-
-
 class KLDRO:
     """KL-DRO over classes with a moving-average normaliser; ``lam`` λ > 0, ``gamma`` γ in (0, 1]."""
 

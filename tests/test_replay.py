@@ -1,5 +1,4 @@
-"""The maths of the replay methods and the buffer, against hand computations."""
-import math
+"""The replay buffer and replay methods against hand computations (DRO and GCL maths: test_dro.py, test_gcl.py)."""
 from types import SimpleNamespace
 
 import pytest
@@ -10,112 +9,6 @@ from hypothesis import strategies as st
 
 from clbench.buffer import BufferSpec, ReplayBuffer, herding_order, split_quota
 from clbench.data.base import InMemoryImageSet
-from clbench.dro import GroupDRO, KLDRO, per_class_mean
-from clbench.gcl import GlobalContrastive
-from clbench.losses import positions
-
-L = torch.tensor([0.5, 2.0, 1.0, 3.5])
-
-
-# --- DRO ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("lam", [0.5, 1.0, 3.0])
-def test_kl_weights_are_softmax_when_gamma_is_one(lam):
-    p = KLDRO(lam, gamma=1.0).weights(L)
-    assert torch.allclose(p / len(L), torch.softmax(L / lam, 0), atol=1e-6)
-
-
-def test_kl_normaliser_follows_the_moving_average():
-    lam, gamma = 2.0, 0.3
-    dro = KLDRO(lam, gamma)
-    batches = [L, L * 0.5, torch.tensor([4.0, 0.1, 0.2, 0.3]), L + 1]
-    u = None
-    for batch in batches:
-        g = torch.exp(batch / lam).mean().item()
-        u = g if u is None else (1 - gamma) * u + gamma * g  # first batch initialises u
-        p = dro.weights(batch)
-        assert math.exp(dro.log_u.item()) == pytest.approx(u, rel=1e-5)
-        assert torch.allclose(p, torch.exp(batch / lam) / u, rtol=1e-5)
-
-
-def test_kl_gradient_in_the_exact_case_is_that_of_the_log_mean_exp():
-    lam = 0.7
-    a = L.clone().requires_grad_(True)
-    KLDRO(lam, gamma=1.0).loss(a).backward()
-    b = L.clone().requires_grad_(True)
-    exact = lam * torch.log(torch.exp(b / lam).mean())
-    exact.backward()
-    assert torch.allclose(a.grad, b.grad, atol=1e-6)
-    assert KLDRO(lam, 1.0).loss(L).item() == pytest.approx(exact.item(), rel=1e-6)
-
-
-def test_kl_survives_huge_losses():
-    p = KLDRO(0.01, 0.9).weights(torch.tensor([500.0, 10.0]))
-    assert torch.isfinite(p).all()
-
-
-def test_group_dro_exponentiated_gradient_update():
-    eta = 0.5
-    dro = GroupDRO(eta)
-    dro.add_classes([3, 5, 9])
-    q = {3: 1 / 3, 5: 1 / 3, 9: 1 / 3}
-    for classes, losses in [([3, 9], [1.0, 2.0]), ([5, 9], [0.5, 4.0])]:
-        dro.update(torch.tensor(classes), torch.tensor(losses))
-        for c, l in zip(classes, losses):
-            q[c] *= math.exp(eta * l)
-        total = sum(q.values())
-        q = {c: v / total for c, v in q.items()}
-        assert dro.weights() == pytest.approx(q)
-    # the loss weighs the batch's classes by q, renormalised over them
-    loss = dro.loss(torch.tensor([3, 5]), torch.tensor([1.0, 1.0]))
-    assert loss.item() == pytest.approx(1.0)
-
-
-def test_per_class_mean():
-    classes, means = per_class_mean(torch.tensor([1.0, 3.0, 5.0, 7.0]), torch.tensor([4, 2, 4, 4]))
-    assert classes.tolist() == [2, 4] and means.tolist() == [3.0, pytest.approx(13 / 3)]
-
-
-# --- GCL ----------------------------------------------------------------------
-
-def exact_global_loss(img, labels, txt, seen, scale):
-    logits = scale * img @ txt.t()
-    image_loss = F.cross_entropy(logits, positions(seen, labels))
-    terms = []
-    for c in labels.unique().tolist():
-        col = logits[:, (seen == c).nonzero()[0, 0]]
-        pos, neg = col[labels == c], col[labels != c]
-        terms.append(torch.log(torch.exp(neg[None, :] - pos[:, None]).mean()))
-    return (image_loss + torch.stack(terms).mean()) / 2
-
-
-def test_gcl_with_gamma_one_is_the_exact_global_loss_on_a_batch_with_every_class():
-    torch.manual_seed(0)
-    seen = torch.tensor([7, 1, 4])
-    labels = torch.tensor([7, 1, 4, 4, 7, 1])  # every seen class is in the batch
-    img0, txt0 = F.normalize(torch.randn(6, 5), dim=1), F.normalize(torch.randn(3, 5), dim=1)
-    img_a, txt_a = img0.clone().requires_grad_(True), txt0.clone().requires_grad_(True)
-    ours = GlobalContrastive(gamma=1.0).loss(img_a, labels, txt_a, seen, 4.0)
-    ours.backward()
-    img_b, txt_b = img0.clone().requires_grad_(True), txt0.clone().requires_grad_(True)
-    exact = exact_global_loss(img_b, labels, txt_b, seen, 4.0)
-    exact.backward()
-    assert ours.item() == pytest.approx(exact.item(), rel=1e-5)
-    assert torch.allclose(img_a.grad, img_b.grad, atol=1e-6) and torch.allclose(txt_a.grad, txt_b.grad, atol=1e-6)
-
-
-def test_gcl_normalisers_move_with_gamma():
-    gcl = GlobalContrastive(gamma=0.5)
-    seen, labels = torch.tensor([0, 1]), torch.tensor([0, 1])
-    txt = torch.eye(2)
-    img1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    img2 = F.normalize(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), dim=1)
-    gcl.loss(img1, labels, txt, seen, 1.0)
-    u1 = math.exp(gcl.log_u[0].item())
-    assert u1 == pytest.approx(math.exp(0 - 1))  # s(x1, c0) − s(x0, c0) = 0 − 1
-    gcl.loss(img2, labels, txt, seen, 1.0)
-    g2 = math.exp(0.0 - img2[0, 0].item())
-    assert math.exp(gcl.log_u[0].item()) == pytest.approx(0.5 * u1 + 0.5 * g2)
 
 
 # --- buffer -----------------------------------------------------------------
