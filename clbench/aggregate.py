@@ -40,11 +40,21 @@ def _labels(done: list[dict], label_key: str, config_key) -> dict[str, str]:
     }
 
 
+def is_current(record: dict) -> bool:
+    """Whether a record was made under this clbench's definitions (its config's ``results_version``)."""
+    from .suite import RESULTS_VERSION
+
+    return (record.get("config") or {}).get("results_version", 1) == RESULTS_VERSION
+
+
 def dedupe(records: list[dict]) -> tuple[list[dict], list[str]]:
-    """Done records with one copy per (cell, class order); the cell ids whose copies disagree on class order."""
+    """Done, current records with one copy per (cell, class order); the cell ids whose copies disagree on class order.
+
+    Records from an older ``results_version`` are left out (see ``stale``).
+    """
     by_key: dict[tuple, dict] = {}
     for r in records:
-        if r.get("status") != "done":
+        if r.get("status") != "done" or not is_current(r):
             continue
         key = (r["cell_id"], r.get("class_order_hash"))
         created = (r.get("manifest") or {}).get("created", "")
@@ -60,6 +70,11 @@ def dedupe(records: list[dict]) -> tuple[list[dict], list[str]]:
             r = dict(r, variant=f"{r['variant']} [order {str(order)[:6]}]")
         out.append(r)
     return out, conflicts
+
+
+def stale(records: list[dict]) -> int:
+    """How many done records come from an older results version (and are left out of tables and plots)."""
+    return sum(r.get("status") == "done" and not is_current(r) for r in records)
 
 
 def tidy(records: list[dict]) -> pd.DataFrame:

@@ -22,8 +22,11 @@ Policies:
 How the two random policies select is in clbench/sampling.py: every image
 offered so far is in the memory with the same probability (K / N for
 ``reservoir``, quota_c / N_c within class c for ``class_balanced``) and each
-experience keeps about its proportional share (within one exemplar in the
-common cases; see there).
+experience keeps about its proportional share of each pool (within one
+exemplar in the common cases; see there). For ``class_balanced`` the pools are
+the classes, so an experience's (domain's) total over all classes is kept close
+to its share by spreading the classes' random starts, not within one exemplar
+in general.
 
 ``sample(n)`` draws a replay batch (images, labels, dataset ids) without
 replacement, as Mammoth's ``utils/buffer.py`` (``Buffer.get_data`` with
@@ -186,23 +189,20 @@ class ReplayBuffer:
         """A replay batch: uint8 images (n, 3, H, W), labels (n,) and dataset ids (n,).
 
         Drawn without replacement, as Mammoth's ``Buffer.get_data``
-        (``np.random.choice(..., replace=False)``): while the memory holds at least n
-        exemplars no exemplar appears twice in a batch; for n larger than the memory
-        every exemplar appears n // len or n // len + 1 times. Batches are drawn
-        independently of each other, from the buffer's own generator.
-        ValueError for n < 0 or an empty memory.
+        (``np.random.choice(..., replace=False)``): no exemplar appears twice in a
+        batch, and a batch is capped at the memory's size (n larger than the memory
+        gives the whole memory once, as Mammoth does). Batches are drawn independently
+        of each other, from the buffer's own generator. ValueError for n < 0 or an
+        empty memory.
         """
         if n < 0:
             raise ValueError(f"sample size must be >= 0, got {n}")
         size = len(self)
         if size == 0:
             raise ValueError("cannot sample from an empty replay memory")
-        rounds, rest = divmod(n, size)
-        index = torch.randperm(size, generator=self.generator)[:rest]
-        if rounds:
-            index = torch.cat([torch.arange(size).repeat(rounds), index])
-            index = index[torch.randperm(n, generator=self.generator)]
-        return self.data.load(index), self.data.labels[index], self.data.ids[index]
+        index = torch.randperm(size, generator=self.generator)[:n]
+        ids = getattr(self.data, "ids", None)  # None for a plugin's image set without ids
+        return self.data.load(index), self.data.labels[index], None if ids is None else ids[index]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "experiences": self.experiences, "origin": self.origin,

@@ -22,7 +22,7 @@ import torch
 
 from .results import signals_deferred
 
-FORMAT = 1
+FORMAT = 2  # 2: dataset ids in image sets, the replay memory's block table, per-anchor GCL and DRO state
 
 
 def rng_state() -> dict:
@@ -77,9 +77,14 @@ class CellCheckpoint:
                 raise ValueError("not a checkpoint of this cell")
             return state
         except Exception:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
+            self.set_aside()
             return None
+
+    def set_aside(self) -> Path:
+        """Rename the checkpoint to ``*.corrupt-<time>`` (kept for inspection); the cell then starts over."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        os.replace(self.path, aside)
+        return aside
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

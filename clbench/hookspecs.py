@@ -77,7 +77,7 @@ def clbench_experience_end(cell, step, acc_row, learner, train_loss, test_sizes)
 
     :param cell: the ``clbench.suite.Cell``.
     :param step: index of the experience just trained.
-    :param acc_row: list of accuracies on every experience's test set.
+    :param acc_row: list of accuracies (fractions) on every experience's test set; None for an upcoming experience the method cannot score (e.g. icarl).
     :param learner: the ``clbench.learner.Learner`` (model, cost meters) when the
         cell runs in the driver's process; None when an executor runs it elsewhere
         (worker processes, Ray, Slurm).

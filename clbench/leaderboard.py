@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .aggregate import aggregate, dedupe, paired_differences, tidy
+from .aggregate import aggregate, dedupe, paired_differences, stale, tidy
 from .metrics import HIGHER_IS_BETTER, METRICS
 
 DEFAULT_METRICS = ("last", "avg_inc", "forgetting")
@@ -41,6 +41,7 @@ class Leaderboard:
     reference: str | None = None  # the variant others are compared with, seed by seed
     paired: pd.DataFrame | None = None
     conflicts: tuple[str, ...] = ()  # cells whose copies disagree on class order
+    stale: int = 0  # records from an older results version, left out
 
     @classmethod
     def from_records(cls, records: list[dict], metrics=DEFAULT_METRICS, source: str = "", order=None,
@@ -50,6 +51,7 @@ class Leaderboard:
         ``reference``: a variant label or a method name; every other row then shows its mean
         paired difference to it over matching seeds, marked † when a paired t-test gives p < 0.05.
         """
+        n_stale = stale(records)
         records, conflicts = dedupe(records)
         if order is not None:
             rank = {cid: i for i, cid in enumerate(order)}
@@ -57,7 +59,7 @@ class Leaderboard:
         else:
             records = sorted(records, key=lambda r: ((r.get("manifest") or {}).get("created", ""), r.get("cell_id", "")))
         cells = tidy(records)
-        board = cls(cells, aggregate(cells), tuple(metrics), source, len(records), conflicts=tuple(conflicts))
+        board = cls(cells, aggregate(cells), tuple(metrics), source, len(records), conflicts=tuple(conflicts), stale=n_stale)
         if reference is not None:
             board.reference = board.resolve_reference(reference)
             board.paired = paired_differences(cells, board.reference)
@@ -121,6 +123,9 @@ class Leaderboard:
         if self.reference:
             text += (f" [±x]: mean paired difference to {self.reference} over matching seeds, "
                      f"† where a paired t-test gives p < {SIGNIFICANCE}.")
+        if self.stale:
+            text += (f" {self.stale} record(s) made by an older clbench (other metric or method definitions) are left out;"
+                     " rerun their suite to replace them.")
         if self.conflicts:
             text += f" Rows marked [order …] come from copies of {len(self.conflicts)} cell(s) whose class orders differ; they are not averaged together."
         return text + f" Built from {self.n_records} records{f' in {self.source}' if self.source else ''}."

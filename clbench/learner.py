@@ -8,6 +8,7 @@ Methods call it; they never write their own loop unless they must.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Callable, Iterable
 
@@ -28,6 +29,15 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _batches_with_ids(data: ImageSet, batch_size: int, generator: torch.Generator):
+    """Shuffled (images, labels, dataset ids or None) batches; a set whose ``batches`` predates ids gives None."""
+    if "with_ids" in inspect.signature(data.batches).parameters:
+        yield from data.batches(batch_size, shuffle=True, generator=generator, with_ids=True)
+    else:
+        for images, labels in data.batches(batch_size, shuffle=True, generator=generator):
+            yield images, labels, None
 
 
 class Learner:
@@ -167,11 +177,11 @@ class Learner:
         self.model.train()
         with self.cost.timing("train", self.device):
             for _ in range(epochs):
-                for images, labels, ids in data.batches(self.cfg.batch_size, shuffle=True, generator=self.generator, with_ids=True):
+                for images, labels, ids in _batches_with_ids(data, self.cfg.batch_size, self.generator):
                     if replay is not None and replay_batch_size and len(replay):
                         old = replay.sample(replay_batch_size)
                         images, labels = torch.cat([images, old[0].to(images.device)]), torch.cat([labels, old[1]])
-                        ids = torch.cat([ids, old[2]]) if len(old) > 2 else None
+                        ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
                     self.batch_classes = labels.unique() if labels.device.type == "cpu" else None  # host copy: no sync
                     self.batch_ids = ids
                     x = self.preprocess(images)

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 
 
 def positions(classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """For each label, its index in ``classes`` (every label must be present)."""
-    table = torch.full((int(torch.max(classes.max(), labels.max())) + 1,), -1, dtype=torch.long, device=labels.device)
-    table[classes] = torch.arange(len(classes), device=labels.device)
-    return table[labels]
+    """For each label (B,), its index in ``classes`` (C,); every label must be present.
+
+    A (B, C) comparison rather than a lookup table sized by the largest id, so
+    the step never waits on the device for that size.
+    """
+    return (labels[:, None] == classes[None, :]).int().argmax(1)
 
 
 def contrastive_terms(image_features, labels, text_features, classes, logit_scale) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +105,7 @@ def clip_objective_by_class(learner, images, labels, exp, loss: str = "contrasti
         image_terms, text_terms = F.cross_entropy(logits, positions(space_t, labels), reduction="none"), None
     where = positions(present, labels)
     sums = torch.zeros(len(present), dtype=image_terms.dtype, device=labels.device).index_add(0, where, image_terms)
-    counts = torch.bincount(where, minlength=len(present)).to(image_terms.dtype)
+    counts = torch.zeros(len(present), dtype=image_terms.dtype, device=labels.device).index_add(0, where, torch.ones_like(image_terms))
     share, mean = sums / len(labels), sums / counts
     if text_terms is not None:
         share, mean = (share + text_terms / len(present)) / 2, (mean + text_terms) / 2

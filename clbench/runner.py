@@ -95,10 +95,15 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         checkpoint = CellCheckpoint(checkpoints, cell.cell_id) if checkpoints else None
         saved = checkpoint.load() if checkpoint else None
         if saved:
-            learner.model.load_state_dict(saved["model"])
-            method.load_state_dict(saved["method"])
-            learner.load_state_dict(saved["learner"])
-            set_rng_state(saved["rng"])
+            try:
+                learner.model.load_state_dict(saved["model"])
+                method.load_state_dict(saved["method"])
+                learner.load_state_dict(saved["learner"])
+                set_rng_state(saved["rng"])
+            except Exception as exc:  # a checkpoint this code cannot restore must not block the cell forever
+                aside = checkpoint.set_aside()
+                raise RuntimeError(f"could not restore the checkpoint ({type(exc).__name__}: {exc}); moved it to "
+                                   f"{aside.name}: rerun to start this cell over") from exc
             initial, control_before, losses, start = saved["initial"], saved["control_before"], saved["losses"], saved["next_step"]
             record["acc_matrix"] = rows = list(saved["rows"])
             resumed_at = start

@@ -226,7 +226,12 @@ def select(blocks: dict[str, torch.Tensor], pool_of: torch.Tensor, origin: torch
     upper[(start + counts - 1)[nonempty]] = end[nonempty]
     lower = torch.cat([torch.zeros(1, dtype=torch.long), upper[:-1]])
     lower[start[nonempty]] = 0
-    u = torch.randint(0, _SCALE, (n_pools,), generator=generator)[p_pool]
+    # one uniform start per pool, the pools' starts spread evenly over [0, 1) around a shared random shift
+    # (each is still uniform, so inclusion probabilities are unchanged): pools with alike layouts, e.g. the
+    # classes of a domain-incremental stream, then round their blocks up in turn, and each experience's total
+    # over all pools stays close to its share instead of adding up independent roundings
+    shift = torch.randint(0, _SCALE, (1,), generator=generator)
+    u = ((shift + torch.randperm(n_pools, generator=generator) * _SCALE // n_pools) % _SCALE)[p_pool]
 
     def hits(x: torch.Tensor) -> torch.Tensor:  # how many of u, u + SCALE, u + 2 SCALE, ... lie below x
         return -torch.div(u - x, _SCALE, rounding_mode="floor")

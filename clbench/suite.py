@@ -60,6 +60,15 @@ class Suite:
 RUNTIME_OPTIONS = ("root", "path", "download", "workers")
 
 
+#: bumped whenever a change makes a record of the same suite entry mean something else (a metric's definition,
+#: a method's maths, a class order, the replay memory): it is part of every cell's config, so a results folder
+#: re-runs such cells instead of resuming them, and tables leave the older records out (aggregate.dedupe).
+#: 2: Mammoth's forgetting, per-anchor GCL, Sagawa's Group-DRO, dro_replay on er's objective, PyCIL's iCaRL
+#: distillation and NME, unbiased replay memories drawn without replacement, QuickGELU for OpenAI tags,
+#: seeded class orders for seed 1993.
+RESULTS_VERSION = 2
+
+
 def cell_id_of(config: dict) -> str:
     """A stable id: the hash of the canonical JSON of the resolved config, minus runtime-only options."""
     identity = json.loads(json.dumps(config))
@@ -376,7 +385,8 @@ def load_suite(path, plugins=None) -> Suite:
         stream_train = stream.pop("train", None) or {}
         # suite defaults < the stream's overrides < the method entry's overrides
         train = TrainConfig(**_deep_merge(_deep_merge(train_raw, stream_train), method_train)).model_dump(mode="json")
-        config = {"method": method, "params": params, "stream": stream, "model": model, "train": train, "seed": seed}
+        config = {"method": method, "params": params, "stream": stream, "model": model, "train": train, "seed": seed,
+                  "results_version": RESULTS_VERSION}
         cid = cell_id_of(config)
         if cid in ids:
             raise UserError(f"{file}: methods: two entries give the same cell ({variant} on {label}, seed {seed}); remove the duplicate")

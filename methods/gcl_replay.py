@@ -32,7 +32,8 @@ class GCLReplay(ReplayMethod):
         text = learner.class_features(seen, template=self.params.template, grad=True)
         seen_t = torch.tensor(seen, device=labels.device)
         if learner.batch_ids is None:
-            raise RuntimeError("gcl_replay needs the dataset id of every image; its replay memory must return ids")
+            raise RuntimeError("gcl_replay needs each image's dataset id: the dataset plugin's image sets must carry "
+                               "'ids' through subset/concat like labels (clbench.data.base.ImageSet)")
         return self.objective.loss(learner.encode_images(images), labels, learner.batch_ids, text, seen_t, learner.logit_scale)
 
     def state_dict(self):

@@ -15,7 +15,7 @@ and ``fwt`` is null (scoring them by image–text cosine would mix two scales).
 """
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from clbench import hookimpl
 from clbench.buffer import BufferSpec
@@ -28,6 +28,13 @@ class ICaRLParams(ReplayParams):
     distill_weight: float = Field(1.0, ge=0)
     temperature: float = Field(2.0, gt=0)
     distill_t_squared: bool = False  # scale the distillation by T² (default off, as PyCIL)
+
+    @field_validator("buffer")
+    @classmethod
+    def _needs_exemplars(cls, buffer: BufferSpec) -> BufferSpec:
+        if not (buffer.size or buffer.per_class or buffer.fraction):
+            raise ValueError("icarl classifies by the mean of each class's exemplars; give the buffer a size above 0")
+        return buffer
 
 
 class ICaRL(ReplayMethod):

@@ -99,3 +99,54 @@ def test_state_round_trip():
     other = GlobalContrastive(5, gamma=0.5)
     other.load_state_dict(gcl.state_dict())
     assert torch.equal(other.log_u, gcl.log_u)
+
+
+def test_a_plugin_image_set_without_ids_trains_everything_but_gcl_which_says_why(tmp_path):
+    """A dataset plugin's own ImageSet written to the base API before ids existed."""
+    from pathlib import Path
+
+    from clbench import hookimpl
+    from clbench.data.base import Dataset, ImageSet
+    from clbench.plugins import Plugins, make_plugin_manager
+    from clbench.runner import run_cell
+    from clbench.suite import load_suite
+    from clbench.testing import tiny_suite, write_suite
+
+    class PlainSet(ImageSet):
+        def __init__(self, labels):
+            self.labels, self.domains = labels, None
+
+        def subset(self, index):
+            return PlainSet(self.labels[torch.as_tensor(index, dtype=torch.long)])
+
+        def concat(self, other):
+            return PlainSet(torch.cat([self.labels, other.labels]))
+
+        def load(self, index):
+            out = torch.zeros(len(index), 3, 32, 32, dtype=torch.uint8)
+            out[torch.arange(len(index)), self.labels[index] % 3] = 200
+            return out
+
+        def stored_bytes(self):
+            return 8 * len(self)
+
+    def build(**options):
+        labels = torch.arange(4).repeat_interleave(6)
+        return Dataset("plain", ["red", "green", "blue", "grey"], ["a {} square"], PlainSet(labels), PlainSet(labels[::2]))
+
+    class Plugin:
+        @hookimpl
+        def clbench_add_datasets(self, register):
+            register("plain", build)
+
+    pm = make_plugin_manager()
+    pm.register(Plugin())
+    plugins = Plugins(pm)
+    status = {}
+    for entry in ["finetune", {"name": "er", "buffer": {"size": 4}}, {"name": "gcl_replay", "buffer": {"size": 4}}]:
+        suite = tiny_suite([entry], streams=[{"dataset": "plain", "steps": 2}])
+        cell = load_suite(write_suite(Path(tmp_path) / "s.yaml", suite), plugins).cells[0]
+        record = run_cell(cell, plugins)
+        status[cell.method] = (record["status"], record.get("error") or "")
+    assert status["finetune"][0] == status["er"][0] == "done"
+    assert status["gcl_replay"][0] == "failed" and "carry 'ids'" in status["gcl_replay"][1]

@@ -9,6 +9,7 @@ import pytest
 
 from clbench.leaderboard import Leaderboard, latex_escape
 from clbench.metrics import compute_metrics
+from clbench.suite import RESULTS_VERSION
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("CLBENCH_UPDATE_GOLDEN") == "1"  # regenerate, then review the diff
@@ -26,7 +27,8 @@ def make_record(variant, stream, seed, A, lr=1e-5):
     return {
         "cell_id": f"{method}-{stream}-{seed}-{lr}", "status": "done", "method": method, "variant": variant,
         "stream": stream, "seed": seed, "class_order_hash": f"order{seed}",
-        "config": {"method": method, "stream": {"dataset": stream}, "train": {"lr": lr}, "seed": seed},
+        "config": {"method": method, "stream": {"dataset": stream}, "train": {"lr": lr}, "seed": seed,
+                   "results_version": RESULTS_VERSION},
         "metrics": compute_metrics(A, [10, 30], initial=[0.5, 0.4]),
     }
 
@@ -124,3 +126,13 @@ def test_latex_compiles(tmp_path, reference):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "t.pdf").stat().st_size > 1000
+
+
+def test_records_from_an_older_results_version_are_left_out_and_said_so():
+    old = make_record("zeroshot", "toy-ci2", 7, [[0.1, 0.1], [0.1, 0.1]])
+    old["config"].pop("results_version")  # made before results versions existed: version 1
+    b = Leaderboard.from_records(fixed_records() + [old], metrics=("last",))
+    assert b.n_records == board().n_records and b.stale == 1
+    assert "1 record(s) made by an older clbench" in b.footnote()
+    zs = b.table[(b.table.variant == "zeroshot") & (b.table.stream == "toy-ci2") & (b.table.metric == "last")]
+    assert int(zs.n.iloc[0]) == 2  # seeds 0 and 1 only

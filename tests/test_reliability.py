@@ -90,6 +90,21 @@ def test_checkpoints_are_loaded_without_unpickling_code(tmp_path, plugins):
     assert record["status"] == "done" and len(list(folder.glob("*.corrupt-*"))) == 1
 
 
+def test_a_checkpoint_the_method_cannot_restore_is_set_aside_and_the_rerun_starts_over(tmp_path, plugins):
+    from clbench.checkpoint import CellCheckpoint
+
+    cell = cells_of(tmp_path, ["finetune"], plugins)[0]
+    folder = tmp_path / "ck"
+    # a well-formed checkpoint of this cell whose model state belongs to some other code
+    CellCheckpoint(folder, cell.cell_id).save({"next_step": 1, "rows": [], "losses": [], "initial": [], "control_before": None,
+                                               "model": {"no.such.weight": torch.zeros(1)}, "method": {}, "learner": {}, "rng": {}})
+    first = run_cell(cell, plugins, checkpoints=folder)
+    assert first["status"] == "failed" and "could not restore the checkpoint" in first["error"]
+    assert len(list(folder.glob("*.corrupt-*"))) == 1 and not list(folder.glob("*.pt"))
+    second = run_cell(cell, plugins, checkpoints=folder)
+    assert second["status"] == "done" and "resumed_at_experience" not in second["cost"]
+
+
 class NaNAt(Method):
     """Returns a NaN loss from its second experience on."""
 

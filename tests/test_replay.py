@@ -122,7 +122,10 @@ def test_nme_predicts_the_nearest_prototype():
 def test_replay_batches_are_mixed_into_every_step(plugins):
     from clbench.testing import run_method
 
-    r = run_method(plugins.methods.get("er"), {"buffer": {"size": 6}, "replay_ratio": 0.5}, plugins=plugins)
+    r = run_method(plugins.methods.get("er"), {"buffer": {"size": 20}, "replay_ratio": 0.5}, plugins=plugins)
     # 3 experiences of 24 images, batch 32 -> 1 step each; steps after the first add 16 replayed images
     assert r["cost"]["train_images"] == 3 * 24 + 2 * 16
-    assert r["buffer"]["exemplars"] == 6 and r["buffer"]["bytes"] == 6 * 3 * 32 * 32 + 6 * 8
+    assert r["buffer"]["exemplars"] == 20 and r["buffer"]["bytes"] == 20 * 3 * 32 * 32 + 20 * 8
+    # a memory of 6 caps the replay batch at 6 (no exemplar twice in a batch, as Mammoth's get_data)
+    small = run_method(plugins.methods.get("er"), {"buffer": {"size": 6}, "replay_ratio": 0.5}, plugins=plugins)
+    assert small["cost"]["train_images"] == 3 * 24 + 2 * 6

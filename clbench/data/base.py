@@ -20,7 +20,10 @@ class ImageSet:
 
     labels: torch.Tensor  # int64 (N,), global class ids
     domains: torch.Tensor | None  # int64 (N,) domain ids, or None
-    ids: torch.Tensor  # int64 (N,): each image's position in its dataset split, kept through subset/concat
+    #: int64 (N,): each image's position in its dataset's training split, kept through subset/concat/where;
+    #: per-sample method state (gcl_replay) needs it. A plugin's own subclass should carry it like labels;
+    #: without it, batches report None ids and only methods that need ids refuse to run.
+    ids: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -63,7 +66,11 @@ class ImageSet:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            yield (self.load(index), self.labels[index]) + ((self.ids[index],) if with_ids else ())
+            if with_ids:
+                ids = getattr(self, "ids", None)  # a plugin's own set may not carry ids
+                yield self.load(index), self.labels[index], None if ids is None else ids[index]
+            else:
+                yield self.load(index), self.labels[index]
 
     def with_ids(self, ids: torch.Tensor) -> "ImageSet":
         """This set with new dataset ids (int64 (N,)); Dataset numbers its train split 0..N-1 with it."""
