@@ -177,13 +177,32 @@ def test_domainnet_bad_split_lines(tmp_path, line, message):
         build_domainnet(root=str(tmp_path), load_domains=["clipart"], workers=0)
 
 
-def test_domainnet_path_escaping_the_root(tmp_path):
-    base = write_domainnet(tmp_path, ["clipart"], per_split=(1, 1))
-    (tmp_path / "outside.jpg").write_bytes((base / "clipart" / "zebra" / "clipart_001_train000000.jpg").read_bytes())
-    (base / "clipart" / "zebra" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
-    (base / "clipart_train.txt").write_text("clipart/zebra/link.jpg 0\n")
-    with pytest.raises(UserError, match="escapes the dataset folder"):
-        build_domainnet(root=str(tmp_path), load_domains=["clipart"], workers=0)
+def test_domainnet_accepts_symlinked_files_and_folders_but_no_path_out_of_its_tree(tmp_path):
+    # clusters assemble data trees from symlinks into shared storage: a symlinked domain folder and a symlinked
+    # image both load; a split-file entry that climbs out of the tree with '..' is still refused
+    shared = tmp_path / "shared"
+    base = write_domainnet(shared, ["clipart"], per_split=(1, 1))
+    tree = tmp_path / "tree" / "domainnet"
+    tree.mkdir(parents=True)
+    for item in base.iterdir():
+        (tree / item.name).symlink_to(item)  # clipart/ and the split files are links
+    image = next((base / "clipart" / "zebra").glob("*train*.jpg"))
+    (tmp_path / "elsewhere.jpg").write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(tmp_path / "elsewhere.jpg")  # an image that is itself a link out of the tree
+    data = build_domainnet(root=str(tmp_path / "tree"), load_domains=["clipart"], workers=0)
+    assert len(data.train) == 2 and data.train.load(torch.arange(2)).shape == (2, 3, 224, 224)
+    train = tree / "clipart_train.txt"
+    train.unlink()
+    train.write_text("clipart/../../../elsewhere.jpg 0\n")
+    with pytest.raises(UserError, match=r"clipart_train.txt:1: path 'clipart/\.\./\.\./\.\./elsewhere.jpg'"):
+        build_domainnet(root=str(tmp_path / "tree"), load_domains=["clipart"], workers=0)
+    from clbench.data.root import inside
+
+    assert inside(tree, "clipart/zebra/x.jpg", "w") == tree / "clipart" / "zebra" / "x.jpg"
+    for bad in ("../elsewhere.jpg", "clipart/../../elsewhere.jpg", "/etc/passwd"):
+        with pytest.raises(UserError, match="escapes the dataset folder|is absolute"):
+            inside(tree, bad, "w")
 
 
 def test_domainnet_missing_split_file(tmp_path):

@@ -16,19 +16,58 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 from ..errors import UserError
 from .base import ImageSet, default_ids
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEFAULT_SIZE = 224
 
 
-def decode(path: str, size: int) -> torch.Tensor:
-    """uint8 (3, size, size): shorter side resized to ``size`` (bicubic, antialiased), centre crop."""
+def _decode_fast(path: str) -> torch.Tensor | None:
+    """torchvision's decoders for the common case: 8-bit images as uint8 (3, H, W); None for anything else."""
     import warnings
 
     with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_image, read_file
 
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        try:
+            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except Exception:  # a format torchvision lacks (BMP, TIFF, ...): Pillow's turn
+            return None
+    if image.dtype != torch.uint8 or image.ndim != 3:  # 16-bit pixels, animation frames: Pillow's turn
+        return None
+    return image
+
+
+def _decode_pillow(path: str) -> torch.Tensor:
+    """Pillow for every other kind: first frame; 16/32-bit integer pixels scaled to 8 bits (65535 -> 255);
+    palette, grey, CMYK, alpha converted to RGB as CLIP's own preprocessing does (``convert("RGB")``,
+    alpha dropped). ValueError for floating-point pixels, whose range is unknown."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.seek(0)
+        if im.mode == "F":
+            raise ValueError("32-bit floating-point pixels have no fixed range; save the image with 8- or 16-bit pixels")
+        if im.mode.startswith("I"):  # I;16, I;16B, I: integer grey levels of up to 16 bits
+            wide = np.asarray(im, dtype=np.float64)
+            if im.mode.startswith("I;16") or wide.max() > 255:
+                wide = wide / 257.0
+            grey = torch.from_numpy(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
+            return grey[None].expand(3, -1, -1).contiguous()
+        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode(path: str, size: int) -> torch.Tensor:
+    """uint8 (3, size, size): shorter side resized to ``size`` (bicubic, antialiased), centre crop.
+
+    Any image kind a folder may hold: 8-bit JPEG/PNG/WebP through torchvision;
+    BMP, TIFF, animated GIF (first frame), 16-bit and palette images through
+    Pillow, scaled to correct 8-bit RGB. Raises on an unreadable file.
+    """
+    image = _decode_fast(path)
+    if image is None:
+        image = _decode_pillow(path)
     h, w = image.shape[-2:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -118,4 +157,10 @@ class FileImageSet(ImageSet):
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """The image files of a folder (by extension, any case; symlinks followed), sorted.
+
+    Hidden files are skipped: what operating systems and tools leave beside images
+    (macOS's ``._name.jpg`` resource forks, ``.DS_Store``) is never an image of the class.
+    """
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)

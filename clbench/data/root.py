@@ -32,10 +32,15 @@ def dataset_dir(root: str | None, name: str, hint: str) -> Path:
 
 
 def inside(base: Path, relative: str, where: str) -> Path:
-    """``base / relative``, refusing paths that escape ``base`` (absolute, '..', symlinks out)."""
+    """``base / relative``, refusing a path that names something outside ``base`` (absolute, or '..' past it).
+
+    The check is on the path as written, not on where symlinks lead: a data tree
+    assembled from symlinks into shared storage is fine, a split-file entry that
+    climbs out of the tree is not.
+    """
     if os.path.isabs(relative):
         raise UserError(f"{where}: path '{relative}' is absolute; paths must stay inside {base}")
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base.resolve()):
+    normal = os.path.normpath(relative)
+    if normal == ".." or normal.startswith(".." + os.sep):
         raise UserError(f"{where}: path '{relative}' escapes the dataset folder {base}")
-    return path
+    return base / normal
