@@ -27,7 +27,8 @@ def _method_key(record: dict) -> str:
 
 
 def _stream_key(record: dict) -> str:
-    return _hash(record["config"].get("stream"))
+    """The stream's identity: its config without the options that only say where or how fast data is read."""
+    return _hash({k: v for k, v in (record["config"].get("stream") or {}).items() if k != "runtime_options"})
 
 
 def _labels(done: list[dict], label_key: str, config_key) -> dict[str, str]:

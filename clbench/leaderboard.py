@@ -143,10 +143,10 @@ class Leaderboard:
         return frame.to_csv(index=False, lineterminator="\n")
 
     def to_markdown(self) -> str:
-        header = ["method"] + [f"{s} {m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for s, m in self.columns()]
+        header = ["method"] + [f"{markdown_escape(s)} {m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for s, m in self.columns()]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(self.columns())) + "|"]
         for v in self.variants():
-            row = [v] + [self.cell(v, s, m, ("**", "**")) for s, m in self.columns()]
+            row = [markdown_escape(v)] + [self.cell(v, s, m, ("**", "**")) for s, m in self.columns()]
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines) + "\n\n" + self.footnote() + "\n"
 
@@ -194,11 +194,19 @@ def latex_symbols(text: str) -> str:
             .replace("–", "--").replace("†", "$^\\dagger$").replace("…", "\\ldots{}"))
 
 
+#: LaTeX's special characters and what prints each as itself (T1 font encoding, as the document sets)
+LATEX_SPECIAL = {"_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "$": "\\$", "{": "\\{", "}": "\\}",
+                 "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "\\": "\\textbackslash{}"}
+
+
 def latex_escape(text: str) -> str:
-    out = []
-    for ch in str(text):
-        out.append({"_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "$": "\\$", "{": "\\{", "}": "\\}"}.get(ch, ch))
-    return "".join(out)
+    """Any name as LaTeX text that prints it literally (line breaks become spaces)."""
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in " ".join(str(text).splitlines()))
+
+
+def markdown_escape(text: str) -> str:
+    """Any name as one Markdown table cell: pipes and backslashes escaped, line breaks as spaces."""
+    return " ".join(str(text).splitlines()).replace("\\", "\\\\").replace("|", "\\|")
 
 
 EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex"}

@@ -33,7 +33,7 @@ def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
     """The cell's stream; file-based datasets decode at ``image_size`` (the model's) unless the suite says otherwise."""
     cfg = cell.config["stream"]
     factory = plugins.datasets.get(cfg["dataset"])
-    options = dict(cfg["options"])
+    options = {**cfg["options"], **(cfg.get("runtime_options") or {})}
     if image_size and "image_size" in getattr(getattr(factory, "Options", None), "model_fields", {}) and options.get("image_size") is None:
         options["image_size"] = image_size
     dataset = factory(**options)

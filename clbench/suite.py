@@ -56,8 +56,14 @@ class Suite:
 
 
 #: dataset options that say where or how fast data is read, never what it is: not part of a cell's identity,
-#: so moving a dataset or changing worker counts never re-runs finished cells
+#: so moving a dataset or changing worker counts never re-runs finished cells nor splits a leaderboard's rows
+#: or columns. A dataset plugin adds its own as ``factory.runtime_options = ("cache_dir", ...)``.
 RUNTIME_OPTIONS = ("root", "path", "download", "workers")
+
+
+def runtime_options_of(factory) -> set[str]:
+    """The option names of a dataset factory that only say where or how fast its data is read."""
+    return set(RUNTIME_OPTIONS) | set(getattr(factory, "runtime_options", ()))
 
 
 #: bumped whenever a change makes a record of the same suite entry mean something else (a metric's definition,
@@ -72,9 +78,7 @@ RESULTS_VERSION = 2
 def cell_id_of(config: dict) -> str:
     """A stable id: the hash of the canonical JSON of the resolved config, minus runtime-only options."""
     identity = json.loads(json.dumps(config))
-    options = identity.get("stream", {}).get("options", {})
-    for key in RUNTIME_OPTIONS:
-        options.pop(key, None)
+    identity.get("stream", {}).pop("runtime_options", None)
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -264,7 +268,8 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
         resolved = cfg.model_dump(mode="json", exclude={"name"})
         resolved = {k: v for k, v in resolved.items() if k in STREAM_KEYS}
         _validate(TrainConfig, _deep_merge(train, resolved.get("train") or {}), file, f"{where}.train")
-        resolved["options"] = options
+        resolved["options"] = {k: v for k, v in options.items() if k not in runtime_options_of(factory)}
+        resolved["runtime_options"] = {k: v for k, v in options.items() if k in runtime_options_of(factory)}
         if cfg.scenario == "class_incremental" and resolved["steps"] is None:
             resolved["steps"] = 1
         known = getattr(factory, "num_classes", None)  # class count without reading the data, where the dataset knows it

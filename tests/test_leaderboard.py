@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clbench.leaderboard import Leaderboard, latex_escape
 from clbench.metrics import compute_metrics
@@ -136,3 +138,76 @@ def test_records_from_an_older_results_version_are_left_out_and_said_so():
     assert "1 record(s) made by an older clbench" in b.footnote()
     zs = b.table[(b.table.variant == "zeroshot") & (b.table.stream == "toy-ci2") & (b.table.metric == "last")]
     assert int(zs.n.iloc[0]) == 2  # seeds 0 and 1 only
+
+
+def test_options_that_only_say_where_data_lives_never_split_a_row_or_a_column(tmp_path, plugins):
+    # two machines, one stream: the same birds at /data/m1 and /data/m2, read with different worker counts
+    from clbench.suite import load_suite
+    from clbench.testing import tiny_suite, write_suite
+
+    cells = []
+    for seed, (where, workers) in enumerate([("/data/m1/birds", 2), ("/data/m2/birds", 8)]):
+        stream = {"name": "birds", "dataset": "imagefolder", "path": where, "workers": workers}
+        suite = load_suite(write_suite(tmp_path / f"s{seed}.yaml", tiny_suite(["zeroshot"], seeds=[seed], streams=[stream])), plugins)
+        cells.append(suite.cells[0])
+    assert cells[0].config["stream"]["runtime_options"]["path"] == "/data/m1/birds"
+    same_seed = load_suite(write_suite(tmp_path / "again.yaml", tiny_suite(["zeroshot"], seeds=[0], streams=[
+        {"name": "birds", "dataset": "imagefolder", "path": "/elsewhere/birds", "workers": 0}])), plugins).cells[0]
+    assert same_seed.cell_id == cells[0].cell_id  # moving the data never re-runs a cell
+    records = [make_record("zeroshot", "birds", c.seed, [[0.5, 0.5], [0.5, 0.5]]) | {"cell_id": c.cell_id, "config": c.config}
+               for c in cells]
+    b = Leaderboard.from_records(records, metrics=("last",))
+    assert b.streams() == ["birds"] and b.variants() == ["zeroshot"]
+    assert "(2)" in b.to_markdown()
+
+
+def test_a_dataset_plugin_declares_its_own_runtime_options():
+    from clbench.suite import runtime_options_of
+
+    def factory(**options):
+        raise AssertionError("not called")
+
+    factory.runtime_options = ("cache_dir",)
+    assert runtime_options_of(factory) == {"root", "path", "download", "workers", "cache_dir"}
+
+
+NASTY = "world~ci | 2^2 classes \\ 50% & #1"
+
+
+def named_records(stream: str, variant: str):
+    return [make_record(variant, stream, seed, A) for seed, A in enumerate(MATRICES[("finetune (loss=ce)", "toy-ci2")])] + \
+        [make_record("zeroshot", stream, seed, A) for seed, A in enumerate(MATRICES[("zeroshot", "toy-ci2")])]
+
+
+def markdown_cells(line: str) -> int:
+    """Cells of a Markdown table row: pipes not escaped by a backslash separate them."""
+    import re
+
+    return len(re.findall(r"(?<!\\)(?:\\\\)*\|", line)) - 1
+
+
+def test_the_issues_stream_name_keeps_the_markdown_columns():
+    md = Leaderboard.from_records(named_records(NASTY, "finetune (lr=1|2)"), metrics=("last", "bwt")).to_markdown()
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert {markdown_cells(line) for line in table} == {3}
+    assert "world~ci \\| 2^2 classes \\\\ 50% & #1 last" in table[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12))
+def test_any_names_keep_the_markdown_table_shape(stream, method_suffix):
+    b = Leaderboard.from_records(named_records(stream, f"finetune {method_suffix}"), metrics=("last", "bwt"))
+    table = [line for line in b.to_markdown().splitlines() if line.startswith("| ") or line.startswith("|---")]
+    assert len(table) == 2 + len(b.variants())
+    assert {markdown_cells(line) for line in table} == {1 + len(b.columns())}
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX engine installed")
+@settings(max_examples=8, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=16))
+def test_any_printable_name_compiles_in_latex(tmp_path_factory, name):
+    folder = tmp_path_factory.mktemp("tex")
+    tex = Leaderboard.from_records(named_records(name + " " + NASTY, f"finetune {name}"), metrics=("last",)).to_latex()
+    (folder / "t.tex").write_text(tex)
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=folder, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]

@@ -133,7 +133,8 @@ def test_defaults_written_out_keep_the_cell_and_stay_out_of_the_config(tmp_path,
         return load_suite(write_suite(tmp_path / "s.yaml", tiny_suite(["zeroshot"], streams=[stream])), plugins).cells[0]
 
     plain = cell()
-    assert set(plain.config["stream"]) == {"dataset", "scenario", "steps", "class_order", "domains", "holdout_classes", "options"}
+    assert set(plain.config["stream"]) == {"dataset", "scenario", "steps", "class_order", "domains", "holdout_classes", "options",
+                                           "runtime_options"}  # runtime_options never enter the cell id
     assert plain.config["stream"]["class_order"] is None
     assert cell(class_order="seeded").cell_id == plain.cell_id
     assert cell(prompts={"class_names": "clip"}).cell_id == plain.cell_id
