@@ -75,6 +75,27 @@ def runtime_options_of(factory) -> set[str]:
 RESULTS_VERSION = 2
 
 
+def known_architectures() -> list[str]:
+    """open_clip's model config names and clbench's own, read from their folders (no torch import: validate stays instant)."""
+    import importlib.util
+
+    folders = [Path(__file__).parent / "model_configs"]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.origin:
+        folders.append(Path(spec.origin).parent / "model_configs")
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.json")})
+
+
+def _check_arch(arch: str, file: Path) -> None:
+    """``model.arch`` names a config open_clip knows, or a folder/hub source that build_clip reads itself."""
+    if arch.startswith(("local-dir:", "hf-hub:")):
+        return
+    names = known_architectures()
+    if names and arch.replace("/", "-") not in names:
+        raise UserError(f"{file}: model.arch: unknown architecture '{arch}'{did_you_mean(arch, names)}; "
+                        f"see open_clip.list_models(), or use 'local-dir:/path' with an open_clip_config.json")
+
+
 def cell_id_of(config: dict) -> str:
     """A stable id: the hash of the canonical JSON of the resolved config, minus runtime-only options."""
     identity = json.loads(json.dumps(config))
@@ -361,6 +382,7 @@ def load_suite(path, plugins=None) -> Suite:
     if not isinstance(name, str) or not name or "/" in name:
         raise UserError(f"{file}: name: must be a non-empty string without '/'")
     model = _validate(ModelConfig, raw.get("model", {}) or {}, file, "model").model_dump(mode="json")
+    _check_arch(model["arch"], file)
     pretrained = model.get("pretrained")
     if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
         raise UserError(f"{file}: model.pretrained: checkpoint file '{pretrained}' not found; put the weights there or fix the path")

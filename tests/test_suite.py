@@ -94,6 +94,9 @@ def test_circular_include(tmp_path, plugins):
         (lambda s: s.update(report={"metrics": ["lst"]}), "report.metrics: unknown metric 'lst' (did you mean 'last'?)"),
         (lambda s: s.pop("streams"), "streams: missing"),
         (lambda s: s.update(include="nowhere.yaml"), "include: file 'nowhere.yaml' not found"),
+        (lambda s: s["model"].update(arch="NoSuchArch-999"), "model.arch: unknown architecture 'NoSuchArch-999'"),
+        (lambda s: s["model"].update(arch="ViT-B-61"), "model.arch: unknown architecture 'ViT-B-61' (did you mean 'ViT-B-16'?)"),
+        (lambda s: s["methods"].append({"name": "icarl", "buffer": {"size": 0}}), "methods[1].buffer: Value error, icarl classifies by the mean"),
     ],
 )
 def test_bad_suites_give_one_line_naming_the_key(tmp_path, plugins, mutate, expected):
@@ -142,3 +145,12 @@ def test_grid_size_is_the_product_of_its_axes(tmp_path_factory, losses, template
     cells = load_suite(path, plugins).cells
     assert len(cells) == (1 + len(losses) * len(templates) * len(lrs)) * len(seeds)
     assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def test_architectures_known_without_importing_open_clip_are_open_clips():
+    import open_clip
+
+    from clbench.models import CONFIG_DIR  # noqa: F401 (registers clbench's tiny configs with open_clip)
+    from clbench.suite import known_architectures
+
+    assert known_architectures() == sorted(open_clip.list_models())
