@@ -263,10 +263,10 @@ class Learner:
         ``unseen_classes=False`` a test set whose label space needs classes not
         seen through step t is skipped (None).
         """
-        row = []
+        row, n_seen = [], len(self.stream.seen(t))
         for exp in self.stream.experiences:
             classes = self.stream.eval_classes(t, exp.index)
-            skip = not unseen_classes and len(classes) > len(self.stream.seen(t))
+            skip = not unseen_classes and len(classes) > n_seen
             row.append(None if skip else self._accuracy(predict, exp.test, classes))
         return row
 

@@ -289,8 +289,9 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
         resolved = cfg.model_dump(mode="json", exclude={"name"})
         resolved = {k: v for k, v in resolved.items() if k in STREAM_KEYS}
         _validate(TrainConfig, _deep_merge(train, resolved.get("train") or {}), file, f"{where}.train")
-        resolved["options"] = {k: v for k, v in options.items() if k not in runtime_options_of(factory)}
-        resolved["runtime_options"] = {k: v for k, v in options.items() if k in runtime_options_of(factory)}
+        runtime = runtime_options_of(factory)
+        resolved["options"] = {k: v for k, v in options.items() if k not in runtime}
+        resolved["runtime_options"] = {k: v for k, v in options.items() if k in runtime}
         if cfg.scenario == "class_incremental" and resolved["steps"] is None:
             resolved["steps"] = 1
         known = getattr(factory, "num_classes", None)  # class count without reading the data, where the dataset knows it

@@ -161,14 +161,40 @@ def test_options_that_only_say_where_data_lives_never_split_a_row_or_a_column(tm
     assert "(2)" in b.to_markdown()
 
 
-def test_a_dataset_plugin_declares_its_own_runtime_options():
-    from clbench.suite import runtime_options_of
+def test_a_dataset_plugin_declares_its_own_runtime_options(tmp_path):
+    # a plugin's cache folder says where data is read from: changing it keeps the cell and the column
+    from pydantic import BaseModel
+
+    from clbench import hookimpl
+    from clbench.plugins import Plugins, make_plugin_manager
+    from clbench.suite import load_suite
+    from clbench.testing import tiny_suite, write_suite
+
+    class Options(BaseModel):
+        cache_dir: str = "/tmp/cache"
+        flavour: str = "plain"
 
     def factory(**options):
-        raise AssertionError("not called")
+        raise AssertionError("validation never builds the data")
 
-    factory.runtime_options = ("cache_dir",)
-    assert runtime_options_of(factory) == {"root", "path", "download", "workers", "cache_dir"}
+    factory.Options, factory.runtime_options = Options, ("cache_dir",)
+
+    class Plugin:
+        @hookimpl
+        def clbench_add_datasets(self, register):
+            register("cached", factory)
+
+    pm = make_plugin_manager()
+    pm.register(Plugin())
+    plugins = Plugins(pm)
+
+    def cell(**options):
+        suite = tiny_suite(["zeroshot"], streams=[{"name": "c", "dataset": "cached", **options}])
+        return load_suite(write_suite(tmp_path / "s.yaml", suite), plugins).cells[0]
+
+    a, b, c = cell(cache_dir="/m1"), cell(cache_dir="/m2"), cell(cache_dir="/m1", flavour="spicy")
+    assert a.cell_id == b.cell_id != c.cell_id
+    assert a.config["stream"]["runtime_options"] == {"cache_dir": "/m1"} and a.config["stream"]["options"] == {"flavour": "plain"}
 
 
 NASTY = "world~ci | 2^2 classes \\ 50% & #1"

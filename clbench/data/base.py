@@ -170,7 +170,7 @@ class Dataset:
             g = torch.Generator().manual_seed(int(seed))
             return torch.randperm(self.num_classes, generator=g).tolist()
         if name not in self.named_orders:
-            raise ValueError(f"dataset '{self.name}' has no class order '{name}'; known: {', '.join(self.order_names())}")
+            raise ValueError(f"dataset '{self.name}' has no order '{name}'; known: {', '.join(self.order_names())}")
         return list(self.named_orders[name])
 
     def order_names(self) -> list[str]:

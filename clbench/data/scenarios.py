@@ -99,10 +99,10 @@ def resolve_class_order(dataset: Dataset, seed: int, order: str | list[int] | No
     or a list that is not a permutation of its class ids.
     """
     if order is None or isinstance(order, str):
-        name = order or SEEDED
-        if name != SEEDED and name not in dataset.named_orders:
-            raise UserError(f"{where}.class_order: dataset '{dataset.name}' has no order '{name}'; known: {', '.join(dataset.order_names())}")
-        return dataset.class_order(seed, name)
+        try:
+            return dataset.class_order(seed, order)
+        except ValueError as exc:  # a name the dataset does not offer
+            raise UserError(f"{where}.class_order: {exc}") from None
     n = dataset.num_classes
     if sorted(order) != list(range(n)):
         raise UserError(f"{where}.class_order: must be a permutation of 0..{n - 1} for dataset '{dataset.name}'")
