@@ -7,6 +7,7 @@ together: such groups get distinct row labels.
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,7 @@ class Leaderboard:
             "\\usepackage{booktabs}",
             "\\usepackage[T1]{fontenc}",
             "\\usepackage[utf8]{inputenc}",
+            "%%FALLBACKS%%",
             "\\begin{document}",
             "% clbench leaderboard: copy the table environment into a paper (needs booktabs)",
             "\\begin{table}[t]",
@@ -180,6 +182,8 @@ class Leaderboard:
             "\\end{table}",
             "\\end{document}",
         ]
+        at = lines.index("%%FALLBACKS%%")
+        lines[at:at + 1] = latex_unicode_fallbacks("\n".join(lines[at + 1:]))
         return "\n".join(lines) + "\n"
 
     def render(self, fmt: str) -> str:
@@ -187,6 +191,24 @@ class Leaderboard:
 
 
 LATEX_ARROW = {True: "$\\uparrow$", False: "$\\downarrow$"}
+
+
+def latex_unicode_fallbacks(body: str) -> list[str]:
+    """Preamble lines so that pdflatex compiles any character of ``body``.
+
+    pdflatex typesets the characters its UTF-8 input support defines (accented Latin,
+    common punctuation); for each other non-ASCII character (Greek, CJK, emoji, ...) these
+    lines make it print as ``[U+XXXX]`` in pdflatex only, where it would otherwise stop the
+    build. XeLaTeX and LuaLaTeX print every character as written (their fonts permitting).
+    """
+    chars = sorted({ch for ch in body if ord(ch) > 127})
+    if not chars:
+        return []
+    lines = ["\\makeatletter",
+             "\\ifx\\XeTeXversion\\undefined\\ifx\\directlua\\undefined  % pdflatex: a code point where no glyph is defined"]
+    lines += [f"\\@ifundefined{{u8:\\detokenize{{{ch}}}}}{{\\DeclareUnicodeCharacter{{{ord(ch):04X}}}{{\\texttt{{[U+{ord(ch):04X}]}}}}}}{{}}"
+              for ch in chars]
+    return lines + ["\\fi\\fi", "\\makeatother"]
 
 
 def latex_symbols(text: str) -> str:
@@ -200,8 +222,13 @@ LATEX_SPECIAL = {"_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "$": "\\$", "{"
 
 
 def latex_escape(text: str) -> str:
-    """Any name as LaTeX text that prints it literally (line breaks become spaces)."""
-    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in " ".join(str(text).splitlines()))
+    """Any name as LaTeX text that prints it literally (line breaks and control characters become spaces).
+
+    Non-ASCII characters stay as written; ``latex_unicode_fallbacks`` makes pdflatex accept
+    those it has no glyph for.
+    """
+    text = " ".join(str(text).splitlines())
+    return "".join(" " if unicodedata.category(ch) == "Cc" else LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
 def markdown_escape(text: str) -> str:

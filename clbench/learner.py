@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .cost import CostMeter
 from .data.base import ImageSet
+from .errors import UserError
 from .data.scenarios import Experience, Stream
 from .models import ClipModel
 
@@ -117,6 +118,10 @@ class Learner:
         return torch.stack([self._text_cache[(c, key)] for c in classes])
 
     def _class_features(self, classes: list[int], template: int | None) -> torch.Tensor:
+        if template is not None and not 0 <= template < len(self.dataset.templates):
+            n = len(self.dataset.templates)
+            raise UserError(f"template: {template} but dataset '{self.dataset.name}' has {n} prompt template"
+                            f"{'s' if n != 1 else ''}; use 0{'' if n == 1 else f'..{n - 1}'}")
         templates = self.dataset.templates if template is None else [self.dataset.templates[template]]
         names = self.dataset.class_names
         prompts = [t.format(names[c]) for c in classes for t in templates]

@@ -13,7 +13,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import TrainConfig
     from .data.scenarios import Experience
+    from .facts import StreamFacts
     from .learner import Learner
 
 
@@ -34,6 +36,17 @@ class Method:
     #: classifier): test sets of upcoming experiences with such classes are then not evaluated (None in the
     #: accuracy matrix) and ``fwt`` is None
     scores_unseen_classes: ClassVar[bool] = True
+
+    @classmethod
+    def check(cls, params: Params, stream: "StreamFacts", train: "TrainConfig") -> dict[str, str]:
+        """Problems of ``params`` on ``stream`` known before any data is read: {params key: what is wrong and the fix}.
+
+        ``clbench validate`` (and ``run``, before any cell starts) calls this for every cell and
+        refuses the suite on the first problem, e.g. ``{"template": "3 but stream 'x' has 1
+        prompt template; use 0"}``. Facts that are None are unknown until the data is read:
+        skip their checks. The default finds nothing.
+        """
+        return {}
 
     def __init__(self, params: Params, learner: "Learner"):
         self.params = params

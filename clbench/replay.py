@@ -11,7 +11,17 @@ from typing import Literal
 from pydantic import Field
 
 from .buffer import BufferSpec, ReplayBuffer
+from .facts import StreamFacts, template_problem
 from .method import Method, Params
+
+
+def memory_capacity(spec: BufferSpec, n_classes: int | None, train_size: int | None) -> int | None:
+    """Exemplars the memory holds once ``n_classes`` classes are seen (None: unknown before the data is read)."""
+    if spec.size is not None:
+        return spec.size
+    if spec.per_class is not None:
+        return None if n_classes is None else spec.per_class * n_classes
+    return None if train_size is None else int(round(spec.fraction * train_size))
 
 
 class ReplayParams(Params):
@@ -23,6 +33,29 @@ class ReplayParams(Params):
 
 class ReplayMethod(Method):
     Params = ReplayParams
+
+    @classmethod
+    def check(cls, params, stream: StreamFacts, train) -> dict[str, str]:
+        """The template index, the memory against the stream's training set, a replay batch that rounds to zero.
+
+        A replay batch larger than the memory is valid: the whole memory is replayed
+        each step (Mammoth's ``Buffer.get_data`` caps the same way; see ``sample``).
+        """
+        problem = template_problem(params.template, stream)
+        if problem:
+            return {"template": problem}
+        spec = params.buffer
+        key = "buffer." + next(k for k in ("size", "per_class", "fraction") if getattr(spec, k) is not None)
+        capacity = memory_capacity(spec, stream.num_classes, stream.train_size)
+        if capacity is not None and stream.train_size is not None and capacity > stream.train_size:
+            return {key: f"a memory of {capacity} exemplars but stream '{stream.label}' has only {stream.train_size} "
+                         f"training images; use a memory of at most {stream.train_size}"}
+        replay_batch = round(params.replay_ratio * train.batch_size)
+        if params.replay_ratio > 0 and replay_batch == 0 and capacity != 0:
+            return {"replay_ratio": f"{params.replay_ratio} × batch_size {train.batch_size} rounds to 0 replayed exemplars "
+                                    f"per step, so nothing would be replayed; use replay_ratio ≥ {1 / train.batch_size:.3g} "
+                                    f"or 0 to switch replay off"}
+        return {}
 
     def __init__(self, params, learner):
         super().__init__(params, learner)

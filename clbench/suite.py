@@ -21,11 +21,13 @@ from pydantic import BaseModel, ValidationError
 from .config import looks_like_path as _looks_like_path
 from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, StreamPrompts, TrainConfig
 from .errors import UserError
+from .facts import StreamFacts, dataset_facts, stream_facts
 from .metrics import METRICS
 from .registry import did_you_mean
 
 TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor", "loggers")
 METHOD_KEYS = ("name", "train")
+EXTENSION_PREFIX = "x-"
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,21 @@ def cell_id_of(config: dict) -> str:
 # --- reading YAML -------------------------------------------------------------
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys instead of silently keeping the last."""
+    """``yaml.safe_load``'s meaning exactly, except that a key written twice in one mapping is an error.
+
+    Keys brought in by a merge key (``<<: *base``) may be overridden by a key written
+    beside it, as YAML's merge rule says; only keys written twice are refused.
+    """
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue  # merged keys are the merge rule's to resolve (flatten_mapping), not duplicates
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
@@ -264,7 +275,27 @@ def _resolved_naming(resolved: dict) -> dict:
     return resolved
 
 
-def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
+def _check_domains(cfg: StreamConfig, facts, file: Path, where: str) -> None:
+    """The stream's ``domains`` and scenario against the domains its dataset declares (skipped when unknown)."""
+    if facts.domains is None:
+        return
+    if cfg.domains is not None:
+        bad = next((d for d in cfg.domains if d not in facts.domains), None)
+        if bad is not None:
+            have = ", ".join(facts.domains) or "no domains"
+            raise UserError(f"{file}: {where}.domains: unknown domain '{bad}' for dataset '{cfg.dataset}'{did_you_mean(bad, facts.domains)}; it has {have}")
+        dup = next((d for d in cfg.domains if cfg.domains.count(d) > 1), None)
+        if dup is not None:
+            raise UserError(f"{file}: {where}.domains: domain '{dup}' is listed twice; each domain once")
+    if cfg.scenario == "domain_incremental":
+        if not facts.domains:
+            raise UserError(f"{file}: {where}.scenario: dataset '{cfg.dataset}' has no domains; use class_incremental")
+        n = len(cfg.domains) if cfg.domains is not None else len(facts.domains)
+        if cfg.steps is not None and cfg.steps != n:
+            raise UserError(f"{file}: {where}.steps: a domain-incremental stream has one step per domain ({n}); drop 'steps'")
+
+
+def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, StreamFacts]]:
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{file}: streams: must be a non-empty list of streams")
     out = []
@@ -294,8 +325,8 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
         resolved["runtime_options"] = {k: v for k, v in options.items() if k in runtime}
         if cfg.scenario == "class_incremental" and resolved["steps"] is None:
             resolved["steps"] = 1
-        known = getattr(factory, "num_classes", None)  # class count without reading the data, where the dataset knows it
-        n_classes = known(options) if known else None
+        facts = dataset_facts(factory, options)  # what the dataset knows without reading its data
+        n_classes = facts.num_classes
         if n_classes is not None:
             usable = n_classes - cfg.holdout_classes
             if usable < 1:
@@ -303,18 +334,21 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict]]:
             if cfg.scenario == "class_incremental" and resolved["steps"] > usable:
                 raise UserError(f"{file}: {where}.steps: {resolved['steps']} steps but the stream has only {usable} classes; use at most {usable}")
         _check_naming(cfg, factory, options, n_classes, file, where)
+        _check_domains(cfg, facts, file, where)
         resolved = _resolved_naming(resolved)
         label = cfg.name or (f"{cfg.dataset}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{cfg.dataset}-di")
-        out.append((label, resolved))
-    labels = [label for label, _ in out]
+        templates = cfg.prompts.templates if cfg.prompts else None
+        out.append((label, resolved, stream_facts(label, cfg.dataset, cfg.scenario, resolved["steps"], facts,
+                                                  cfg.holdout_classes, cfg.domains, templates)))
+    labels = [label for label, _, _ in out]
     dup = next((l for l in labels if labels.count(l) > 1), None)
     if dup:
         raise UserError(f"{file}: streams: two streams are labelled '{dup}'; give them different 'name' keys")
     return out
 
 
-def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict]]:
-    """(name, variant label, params, the entry's own train overrides) for every method grid point."""
+def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict, str]]:
+    """(name, variant label, params, the entry's own train overrides, where) for every method grid point."""
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{file}: methods: must be a non-empty list of methods")
     out = []
@@ -337,7 +371,7 @@ def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict
             resolved_params = _validate(method_cls.Params, params, file, where).model_dump(mode="json")
             own_train = point.get("train", {}) or {}
             _validate(TrainConfig, _deep_merge(train, own_train), file, f"{where}.train")
-            out.append((name, _label(name, point), resolved_params, own_train))
+            out.append((name, _label(name, point), resolved_params, own_train, where))
     return out
 
 
@@ -378,6 +412,8 @@ def load_suite(path, plugins=None) -> Suite:
     plugins = plugins or get_plugins()
     file = Path(path)
     raw = load_raw(file)
+    # top-level keys starting with "x-" hold YAML anchors for reuse (as docker compose's extension fields) and mean nothing else
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
     _check_keys(raw, TOP_KEYS, file, "")
     name = raw.get("name", file.stem)
     if not isinstance(name, str) or not name or "/" in name:
@@ -407,12 +443,20 @@ def load_suite(path, plugins=None) -> Suite:
     methods = _methods(raw["methods"], file, plugins, train_raw)
     seeds = _seeds(raw.get("seeds", [0]), file)
 
-    cells, ids = [], set()
-    for (label, stream), (method, variant, params, method_train), seed in itertools.product(streams, methods, seeds):
+    cells, ids, checked = [], set(), set()
+    for (label, stream, facts), (method, variant, params, method_train, where), seed in itertools.product(streams, methods, seeds):
         stream = dict(stream)
         stream_train = stream.pop("train", None) or {}
         # suite defaults < the stream's overrides < the method entry's overrides
-        train = TrainConfig(**_deep_merge(_deep_merge(train_raw, stream_train), method_train)).model_dump(mode="json")
+        train_cfg = TrainConfig(**_deep_merge(_deep_merge(train_raw, stream_train), method_train))
+        if (label, variant) not in checked:  # the method's ranges that depend on the stream (template, memory, ...)
+            checked.add((label, variant))
+            method_cls = plugins.methods.get(method)
+            problems = method_cls.check(method_cls.Params(**params), facts, train_cfg)
+            if problems:
+                key, problem = next(iter(problems.items()))
+                raise UserError(f"{file}: {where}.{key}: {problem}")
+        train = train_cfg.model_dump(mode="json")
         config = {"method": method, "params": params, "stream": stream, "model": model, "train": train, "seed": seed,
                   "results_version": RESULTS_VERSION}
         cid = cell_id_of(config)

@@ -7,20 +7,27 @@ the seen classes' prompt similarities. Both towers train unless frozen.
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from clbench import Method, Params, hookimpl
+from clbench.facts import template_problem
 from clbench.losses import clip_objective
 
 
 class FinetuneParams(Params):
     loss: Literal["contrastive", "ce"] = "contrastive"
-    template: int = 0  # which of the dataset's prompt templates builds training prompts
+    template: int = Field(0, ge=0)  # which of the dataset's prompt templates builds training prompts
     freeze_text: bool = False  # keep the text tower fixed (its features are then cached)
 
 
 class Finetune(Method):
     name = "finetune"
     Params = FinetuneParams
+
+    @classmethod
+    def check(cls, params, stream, train) -> dict[str, str]:
+        problem = template_problem(params.template, stream)
+        return {"template": problem} if problem else {}
 
     def before_experience(self, exp) -> None:
         if self.params.freeze_text:

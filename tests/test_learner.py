@@ -94,3 +94,11 @@ def test_cosine_schedule_with_warmup(learner):
         sched.step()
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
     assert lrs[3] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4)).item()))
+
+
+def test_a_template_index_past_the_dataset_s_templates_is_one_line_naming_the_key(learner):
+    from clbench.errors import UserError
+
+    n = len(learner.dataset.templates)
+    with pytest.raises(UserError, match=rf"template: {n} but dataset '.*' has {n} prompt templates; use 0..{n - 1}"):
+        learner.class_features([0], template=n)

@@ -232,13 +232,20 @@ def test_imagefolder(tmp_path):
     write_imagefolder(tmp_path / "dom", domains=["photo", "art"])
     dom = build_imagefolder(path=str(tmp_path / "dom"), by_domain=True, image_size=32, workers=0)
     assert dom.domain_names == ["art", "photo"] and torch.bincount(dom.train.domains).tolist() == [6, 6]
+    # the universal data-root key: a relative path is read below it; an absolute path ignores it
+    below = build_imagefolder(root=str(tmp_path), path="mine", image_size=32, workers=0)
+    assert below.class_names == data.class_names and len(below.train) == 6
+    assert len(build_imagefolder(root="/nowhere", path=str(tmp_path / "mine"), image_size=32, workers=0).test) == 4
+    with pytest.raises(UserError, match="imagefolder: path '/nowhere/mine' not found"):
+        build_imagefolder(root="/nowhere", path="mine")
 
 
 def test_imagefolder_stream_runs_through_clbench_run(tmp_path, capsys):
     write_imagefolder(tmp_path / "mine", classes=("a", "b", "c", "d"))
-    code, err, records = run_suite(tmp_path, capsys, {"dataset": "imagefolder", "path": str(tmp_path / "mine"), "steps": 2, "workers": 0})
+    code, err, records = run_suite(tmp_path, capsys, {"dataset": "imagefolder", "root": str(tmp_path), "path": "mine", "steps": 2, "workers": 0})
     assert code == 0, err
     assert len(records) == 2 and all(r["status"] == "done" for r in records)
+    assert records[0]["config"]["stream"]["runtime_options"] == {"root": str(tmp_path), "path": "mine", "workers": 0}
 
 
 def test_unreadable_image_stops_the_run_with_one_line_and_writes_nothing(tmp_path, capsys):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from clbench import hookimpl
 
 from ..errors import UserError
+from ..facts import DatasetFacts
 from .base import Dataset, InMemoryImageSet
 from .root import data_root
 from .scenarios import numpy_permutation
@@ -124,7 +125,7 @@ def build_cifar100(**options) -> Dataset:
 
 
 build_cifar100.Options = CifarOptions
-build_cifar100.num_classes = lambda options: 100
+build_cifar100.facts = lambda options: DatasetFacts(num_classes=100, num_templates=len(TEMPLATES), domains=(), train_per_class=500)
 build_cifar100.class_orders = lambda options: ("icarl", "pycil")  # named orders beside seeded, known without the data
 build_cifar100.offers_raw_names = True
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clbench import hookimpl
 
 from ..errors import UserError
+from ..facts import DatasetFacts
 from .base import Dataset
 from .files import FileImageSet
 from .folders import concat
@@ -161,6 +162,9 @@ def build_domainnet(**options) -> Dataset:
 
 
 build_domainnet.Options = DomainNetOptions
+# the class count is read from the split files (a partial copy has fewer); the domains are the loaded ones, in DOMAINS order
+build_domainnet.facts = lambda options: DatasetFacts(
+    num_templates=len(TEMPLATES), domains=tuple(d for d in DOMAINS if d in options.get("load_domains", DOMAINS)))
 
 
 @hookimpl

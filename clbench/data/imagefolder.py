@@ -1,8 +1,13 @@
 """imagefolder: bring your own data as ``train/<class>/*`` and ``test/<class>/*``.
 
 Class names come from folder names (underscores become spaces). With
-``domains: true`` in the options the layout is ``<split>/<domain>/<class>/*``
+``by_domain: true`` in the options the layout is ``<split>/<domain>/<class>/*``
 and every domain must hold the same classes.
+
+Where the folder is: ``path``, absolute or relative; with the universal
+``root:`` key a relative ``path`` is below that data root (``root: /data``,
+``path: birds`` reads ``/data/birds``), without it below the working folder.
+``root`` and ``path`` only say where the data is: they never change a cell's id.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clbench import hookimpl
 
 from ..errors import UserError
+from ..facts import DatasetFacts
 from .base import Dataset
 from .folders import concat, scan_split
 
@@ -21,7 +27,8 @@ from .folders import concat, scan_split
 class ImageFolderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str  # the folder holding train/ and test/
+    path: str  # the folder holding train/ and test/ (below ``root`` when that is given and path is relative)
+    root: Optional[str] = None  # the data root a relative ``path`` is read from
     by_domain: bool = False  # <split>/<domain>/<class>/* instead of <split>/<class>/*
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
     image_size: Optional[int] = Field(None, ge=8)
@@ -40,8 +47,10 @@ def _subfolders(folder: Path) -> list[str]:
 def build_imagefolder(**options) -> Dataset:
     opts = ImageFolderOptions(**options)
     root = Path(opts.path).expanduser()
+    if opts.root and not root.is_absolute():
+        root = Path(opts.root).expanduser() / root
     if not root.is_dir():
-        raise UserError(f"imagefolder: path '{root}' not found; point 'path' at a folder holding train/ and test/")
+        raise UserError(f"imagefolder: path '{root}' not found; point 'path' (and 'root') at a folder holding train/ and test/")
     bad = next((t for t in opts.templates if t.count("{}") != 1), None)
     if bad is not None:
         raise UserError(f"imagefolder: template '{bad}' must contain '{{}}' exactly once")
@@ -64,6 +73,8 @@ def build_imagefolder(**options) -> Dataset:
 
 
 build_imagefolder.Options = ImageFolderOptions
+# classes and domains are folder names, read when the stream is built (the folder may live on another machine)
+build_imagefolder.facts = lambda options: DatasetFacts(num_templates=len(options["templates"]), domains=None if options["by_domain"] else ())
 
 
 @hookimpl

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clbench import hookimpl
 
+from ..facts import DatasetFacts
 from .base import Dataset
 from .folders import scan_split
 from .root import dataset_dir
@@ -109,7 +110,8 @@ def build_imagenet100(**options) -> Dataset:
 
 build_imagenet1k.Options = ImageNetOptions
 build_imagenet100.Options = ImageNet100Options
-build_imagenet100.num_classes = lambda options: 100
+build_imagenet1k.facts = lambda options: DatasetFacts(num_templates=len(clip_names_and_templates()[1]), domains=())  # a partial copy has fewer classes
+build_imagenet100.facts = lambda options: DatasetFacts(num_classes=100, num_templates=len(clip_names_and_templates()[1]), domains=())
 build_imagenet100.class_orders = lambda options: SUBSET_ORDERS.get(options.get("subset"), ())
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clbench import hookimpl
 
+from ..facts import DatasetFacts
 from .base import Dataset, InMemoryImageSet
 
 COLOURS = {
@@ -162,7 +163,8 @@ def build_synthetic(**options) -> Dataset:
 
 
 build_synthetic.Options = SyntheticOptions
-build_synthetic.num_classes = lambda options: options["num_classes"]
+build_synthetic.facts = lambda options: DatasetFacts(num_classes=options["num_classes"], num_templates=len(TEMPLATES),
+                                                    domains=tuple(options["world_domains"]), train_per_class=options["train_per_class"])
 
 
 @hookimpl

@@ -1,0 +1,79 @@
+"""What ``clbench validate`` knows about a dataset and a stream before any data is read.
+
+A dataset factory may declare ``factory.facts = lambda options: DatasetFacts(...)``
+(and, older and shorter, ``factory.num_classes = lambda options: n``); every field
+left None is unknown until the data is read, and the checks that need it then run
+when the cell builds its stream. Methods check their hyper-parameters against a
+``StreamFacts`` in ``Method.check`` (template indices, memory sizes, replay batches),
+so a suite whose values cannot work on a stream is refused by ``validate`` with one
+line naming the key, instead of failing in every cell at run time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """A dataset's shape, known from its options alone (None: unknown without reading the data).
+
+    ``domains``: the domain names in id order, ``()`` for a dataset without domains;
+    ``train_per_class``: training images of each class (of each class in each domain,
+    for a dataset with domains), where every class has the same count.
+    """
+
+    num_classes: Optional[int] = None
+    num_templates: Optional[int] = None
+    domains: Optional[tuple[str, ...]] = None
+    train_per_class: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    """One stream as a method's ``check`` sees it (None: unknown until the data is read).
+
+    ``num_classes``: the classes the stream teaches (holdout classes excluded);
+    ``domains``: the domains it uses; ``train_size``: training images over all its
+    experiences; ``label``: the stream's name in tables, for messages.
+    """
+
+    label: str
+    dataset: str
+    scenario: str
+    steps: Optional[int]
+    num_classes: Optional[int] = None
+    num_templates: Optional[int] = None
+    domains: Optional[tuple[str, ...]] = None
+    train_size: Optional[int] = None
+
+
+def dataset_facts(factory, options: dict) -> DatasetFacts:
+    """The facts a dataset factory declares for these options (``facts``, else ``num_classes``, else none)."""
+    declared = getattr(factory, "facts", None)
+    if declared is not None:
+        return declared(options)
+    count = getattr(factory, "num_classes", None)
+    return DatasetFacts(num_classes=count(options) if count else None)
+
+
+def stream_facts(label: str, dataset: str, scenario: str, steps: Optional[int], facts: DatasetFacts,
+                 holdout_classes: int = 0, domains: Optional[list[str]] = None,
+                 templates: Optional[list[str]] = None) -> StreamFacts:
+    """The stream's facts from its dataset's and its own keys (``templates``: a ``prompts.templates`` override)."""
+    n_classes = None if facts.num_classes is None else facts.num_classes - holdout_classes
+    used = tuple(domains) if domains is not None else facts.domains
+    train_size = None
+    if facts.train_per_class is not None and n_classes is not None and used is not None:
+        train_size = facts.train_per_class * n_classes * max(1, len(used))
+    n_templates = len(templates) if templates else facts.num_templates
+    return StreamFacts(label, dataset, scenario, steps, n_classes, n_templates, used, train_size)
+
+
+def template_problem(template: int, stream: StreamFacts) -> Optional[str]:
+    """None when ``template`` indexes one of the stream's prompt templates (or the count is unknown), else why not."""
+    n = stream.num_templates
+    if n is None or 0 <= template < n:
+        return None
+    return (f"{template} but stream '{stream.label}' (dataset {stream.dataset}) has {n} prompt template"
+            f"{'s' if n != 1 else ''}; use 0{'' if n == 1 else f'..{n - 1}'}")
