@@ -22,12 +22,12 @@ from .registry import Registry
 # clbench's own plugins, loaded even when autoload is disabled. The names match
 # the entry points in pyproject.toml so the entry-point pass skips them.
 BUILTIN_PLUGINS = (
-    ("zeroshot", "methods.zeroshot"),
-    ("finetune", "methods.finetune"),
-    ("er", "methods.er"),
-    ("icarl", "methods.icarl"),
-    ("gcl_replay", "methods.gcl_replay"),
-    ("dro_replay", "methods.dro_replay"),
+    ("zeroshot", "clbench_methods.zeroshot"),
+    ("finetune", "clbench_methods.finetune"),
+    ("er", "clbench_methods.er"),
+    ("icarl", "clbench_methods.icarl"),
+    ("gcl_replay", "clbench_methods.gcl_replay"),
+    ("dro_replay", "clbench_methods.dro_replay"),
     ("synthetic", "clbench.data.synthetic"),
     ("cifar100", "clbench.data.cifar"),
     ("imagenet", "clbench.data.imagenet"),
@@ -93,7 +93,7 @@ class Plugins:
         dists = _packages_distributions().get(top)
         if dists:
             return dists[0]
-        if top in ("clbench", "methods"):
+        if top in ("clbench", "clbench_methods"):
             return "clbench"
         return f"{top or '?'} (not installed)"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.icarl import ICaRL, ICaRLParams, soft_cross_entropy
+from clbench_methods.icarl import ICaRL, ICaRLParams, soft_cross_entropy
 
 
 def test_soft_cross_entropy_by_hand():

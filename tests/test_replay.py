@@ -109,7 +109,7 @@ def test_herding_buffer_uses_features_and_keeps_the_prefix_when_shrinking():
 # --- NME ----------------------------------------------------------------------
 
 def test_nme_predicts_the_nearest_prototype():
-    from methods.icarl import ICaRL
+    from clbench_methods.icarl import ICaRL
 
     method = ICaRL.__new__(ICaRL)
     feats = F.normalize(torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, 0.0]]), dim=1)
