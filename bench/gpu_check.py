@@ -21,9 +21,9 @@ from clbench.config import TrainConfig
 from clbench.data.base import Dataset, InMemoryImageSet
 from clbench.data.scenarios import build_stream
 from clbench.data.synthetic import TEMPLATES, class_name
-from clbench.dro import KLDRO
+from clbench_methods.dro import KLDRO
 from clbench.learner import Learner
-from clbench.losses import clip_objective, clip_objective_by_class
+from clbench_methods.objective import objective, objective_by_class
 from clbench.models import build_clip
 
 
@@ -88,7 +88,7 @@ def main():
         return rate
 
     def finetune():
-        learner.fit(exp, lambda x, y, e: clip_objective(learner, x, y, e, "contrastive"))
+        learner.fit(exp, lambda batch: objective(learner, batch, "contrastive"))
 
     rate = timed("finetune_train", finetune, n)
     results["finetune_train_mfu"] = round(3 * img_flops * rate / (args.peak_tflops * 1e12), 3)
@@ -97,8 +97,8 @@ def main():
     buffer.update(data.subset(torch.arange(4 * args.batch)), list(range(args.classes)))
     dro = KLDRO(1.0, 0.9)
 
-    def dro_loss(x, y, e):  # dro_replay's step: er's objective split per class, KL-DRO weights
-        terms = clip_objective_by_class(learner, x, y, e, "contrastive")
+    def dro_loss(batch):  # dro_replay's step: er's objective split per class, KL-DRO weights
+        terms = objective_by_class(learner, batch, "contrastive")
         return dro.loss(terms.mean, terms.share)[0]
 
     def dro_replay():
@@ -108,7 +108,7 @@ def main():
     results["dro_replay_train_mfu"] = round(3 * img_flops * rate / (args.peak_tflops * 1e12), 3)
 
     def evaluate():
-        learner.model_version += 1  # force a fresh pass (no cached features)
+        learner.weights_changed()  # force a fresh pass (no cached features)
         learner.zero_shot_accuracy(exp.test, exp.classes)
 
     rate = timed("eval", evaluate, len(exp.test))

@@ -2,7 +2,14 @@
 
 Plugin authors need only this namespace::
 
-    from clbench import Method, Params, hookimpl
+    from clbench import Batch, Method, Params, hookimpl
+
+and the command line's functions are here too (docs/python_api.md)::
+
+    summary = clbench.run_suite("suites/smoke.yaml")
+
+Every name below but ``hookimpl`` and ``__version__`` is imported on first use
+(PEP 562), so ``import clbench`` stays instant and never imports torch.
 """
 import pluggy
 
@@ -10,6 +17,32 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("clbench")
 
-from .method import Method, Params  # noqa: E402
+#: exported name -> the module that defines it
+_LAZY = {
+    "Batch": "clbench.batch",
+    "DatasetPlugin": "clbench.dataset_plugin",
+    "Method": "clbench.method",
+    "Params": "clbench.method",
+    "RunSummary": "clbench.api",
+    "run_suite": "clbench.api",
+    "validate_suite": "clbench.api",
+    "leaderboard": "clbench.api",
+    "write_plots": "clbench.api",
+}
 
-__all__ = ["Method", "Params", "hookimpl", "__version__"]
+__all__ = [*_LAZY, "hookimpl", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        if name != "leaderboard":  # clbench.leaderboard is also a module, which replaces the attribute once imported
+            globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clbench' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -43,7 +43,7 @@ def _labels(done: list[dict], label_key: str, config_key) -> dict[str, str]:
 
 def is_current(record: dict) -> bool:
     """Whether a record was made under this clbench's definitions (its config's ``results_version``)."""
-    from .suite import RESULTS_VERSION
+    from .results import RESULTS_VERSION
 
     return (record.get("config") or {}).get("results_version", 1) == RESULTS_VERSION
 

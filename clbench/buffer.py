@@ -34,13 +34,17 @@ replacement, as Mammoth's ``utils/buffer.py`` (``Buffer.get_data`` with
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
-import torch
+import lazy_loader as lazy
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .data.base import ImageSet
 from .sampling import BLOCK_KEYS, no_blocks, select
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data.base import ImageSet
+
+torch = lazy.load("torch")  # imported on first use: a suite's methods are validated without torch
 
 Policy = Literal["class_balanced", "reservoir", "herding"]
 

@@ -17,10 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import lazy_loader as lazy
 import numpy as np
-import torch
 
 from .results import signals_deferred
+
+torch = lazy.load("torch")  # imported on first use: a run with nothing left to do never loads it
 
 FORMAT = 2  # 2: dataset ids in image sets, the replay memory's block table, per-anchor GCL and DRO state
 

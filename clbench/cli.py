@@ -1,36 +1,38 @@
 """The ``clbench`` command line: run, validate, table, plot, list, show.
 
+Each command parses its arguments, calls clbench.api (the same functions a
+Python user calls) and prints. Neither this module nor clbench.api imports
+torch or open_clip: ``--help``, table, plot and show never load them, and
+validate, list and a run with nothing left to do load only the installed
+plugins' modules (tests/test_cli.py checks which).
+
 Exit codes: 0 all good; 1 some cells failed (the rest are kept); 2 bad input
 (one line on stderr, nothing run); 130 interrupted.
 """
 from __future__ import annotations
 
-import fnmatch
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from . import api
 from .errors import UserError
 
 FORMATS = ("csv", "md", "latex")
 
 
-def _records_of(results_dir: Path) -> list[dict]:
-    from .results import ResultStore
-
-    if not (results_dir / "records").is_dir():
-        raise UserError(f"{results_dir}: no records folder here; run a suite first ('clbench run SUITE --results {results_dir}')")
-    return list(ResultStore(results_dir).records())
+def _plugins():
+    """The plugins ``main(plugins=...)`` was given (None: the process's)."""
+    return click.get_current_context().obj
 
 
-def _metrics_option(value: str | None, default) -> tuple[str, ...]:
+def _metrics_option(value: str | None) -> tuple[str, ...] | None:
     from .metrics import METRICS
     from .registry import did_you_mean
 
     if not value:
-        return tuple(default)
+        return None
     names = tuple(m.strip() for m in value.split(",") if m.strip())
     for m in names:
         if m not in METRICS:
@@ -59,64 +61,21 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
     if data_root:
         import os
 
-        os.environ["CLBENCH_DATA"] = str(data_root)
-    from .leaderboard import Leaderboard, write_leaderboard
-    from .plugins import get_plugins
-    from .grid import GridRun
-    from .progress import GridProgress
-    from .results import ResultStore
-    from .suite import load_suite
-
-    plugins = get_plugins()
-    suite = load_suite(suite_file, plugins)
-    executor_name = executor or suite.executor
-    executor_cls = plugins.executors.get(executor_name)
-    options = suite.executor_options if executor_name == suite.executor else None
-    if options is None and hasattr(executor_cls, "Options"):
-        options = executor_cls.Options()
-    results_dir = results_dir or Path("results") / suite.name
-    store = ResultStore(results_dir)
-    cells = [c for c in suite.cells if not only or any(
-        fnmatch.fnmatch(x, pat) for pat in only for x in (c.method, c.variant, c.stream_label, c.cell_id))]
-    if not cells:
-        raise UserError(f"--only: no cell of {suite_file} matches {', '.join(only)}")
-    status = {c.cell_id: store.status(c.cell_id) for c in cells}
-    todo = [c for c in cells if status[c.cell_id] != "done" and (retry_failed or status[c.cell_id] != "failed")]
+        os.environ["CLBENCH_DATA"] = str(data_root)  # for the rest of the process, worker processes included
+    summary = api.run_suite(suite_file, results_dir, executor=executor, workers=workers, only=only, retry_failed=retry_failed,
+                            keep_checkpoints=keep_checkpoints, dry_run=dry_run, plugins=_plugins())
     if dry_run:
-        for c in cells:
-            click.echo(f"{c.cell_id}  {status[c.cell_id] or 'todo':7s}  {c.variant} | {c.stream_label} | seed {c.seed}")
-        click.echo(f"{len(cells)} cells, {len(todo)} to run, results in {results_dir}")
+        for c in summary.cells:
+            click.echo(f"{c.cell_id}  {summary.status[c.cell_id] or 'todo':7s}  {c.variant} | {c.stream_label} | seed {c.seed}")
+        click.echo(f"{len(summary.cells)} cells, {len(summary.todo)} to run, results in {summary.results_dir}")
         return
-    runner = executor_cls(options, workers=workers)
-    skipped = len(cells) - len(todo)
-    click.echo(f"suite {suite.name}: {len(cells)} cells, {skipped} already in {results_dir}, {len(todo)} to run"
-               + (f" ({executor_name} executor)" if executor_name != "local" else ""), err=True)
-    plugins.run_start(suite=suite, results_dir=results_dir, cells=todo)
-    with GridProgress(len(todo)) as progress:
-        grid = GridRun(todo, suite_file=suite_file, results_dir=results_dir, store=store, plugins=plugins, progress=progress,
-                       retry_failed=retry_failed, keep_checkpoints=keep_checkpoints)
-        if todo:
-            runner.run(grid)
-    failed, elsewhere = grid.failed, grid.elsewhere
-    summary = {"done": len(todo) - failed - elsewhere, "failed": failed, "skipped": skipped, "elsewhere": elsewhere}
-    plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
-    if elsewhere:
-        click.echo(f"{elsewhere} cell(s) were taken by another clbench run on {results_dir}", err=True)
-    ids = {c.cell_id for c in suite.cells}
-    records = [r for r in store.records() if r.get("cell_id") in ids]
-    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir), order=[c.cell_id for c in suite.cells],
-                                     reference=suite.report.reference)
-    if board.n_records:
-        paths = write_leaderboard(board, results_dir, suite.report.formats)
-        if suite.report.plots:
-            from .plots import plot_all
-
-            plot_all(records, results_dir / "plots")
-        click.echo(board.to_markdown())
-        click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
-    if failed or any(r.get("status") == "failed" for r in records):
-        n = sum(r.get("status") == "failed" for r in records)
-        click.echo(f"{n} cell(s) failed; see their records' 'error', then rerun with --retry-failed", err=True)
+    if summary.elsewhere:
+        click.echo(f"{summary.elsewhere} cell(s) were taken by another clbench run on {summary.results_dir}", err=True)
+    if summary.leaderboard is not None:
+        click.echo(summary.leaderboard.to_markdown())
+        click.echo("wrote " + ", ".join(str(p) for p in summary.leaderboard_paths), err=True)
+    if not summary.ok:
+        click.echo(f"{summary.failed} cell(s) failed; see their records' 'error', then rerun with --retry-failed", err=True)
         sys.exit(1)
 
 
@@ -124,13 +83,12 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
 @click.argument("suite_file", type=click.Path(path_type=Path))
 def validate(suite_file):
     """Check SUITE_FILE and print how many cells it expands to."""
-    from .suite import load_suite
-
-    suite = load_suite(suite_file)
+    suite = api.validate_suite(suite_file, plugins=_plugins())
     variants = len({c.variant for c in suite.cells})
     streams = len({c.stream_label for c in suite.cells})
     seeds = len({c.seed for c in suite.cells})
-    click.echo(f"{suite_file}: ok, {len(suite.cells)} cells ({variants} method variants × {streams} streams × {seeds} seeds)")
+    sep = " × " if len(suite.cells) == variants * streams * seeds else ", "  # not a full product when an entry names its streams
+    click.echo(f"{suite_file}: ok, {len(suite.cells)} cells ({variants} method variants{sep}{streams} streams{sep}{seeds} seeds)")
 
 
 @cli.command()
@@ -141,16 +99,10 @@ def validate(suite_file):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
 def table(results_dirs, fmt, metrics, reference, output):
     """The leaderboard from the records in one or more RESULTS_DIRS (e.g. one per machine), merged."""
-    from .leaderboard import DEFAULT_METRICS, Leaderboard
-    from .results import atomic_write_text
-
-    records = [r for d in results_dirs for r in _records_of(d)]
-    source = ", ".join(str(d / "records") for d in results_dirs)
-    board = Leaderboard.from_records(records, _metrics_option(metrics, DEFAULT_METRICS), source=source, reference=reference)
-    if not board.n_records:
-        raise UserError(f"{source}: no finished records to tabulate")
-    text = board.render(fmt)
+    text = api.leaderboard(results_dirs, _metrics_option(metrics), reference).render(fmt)
     if output:
+        from .results import atomic_write_text
+
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
@@ -162,12 +114,7 @@ def table(results_dirs, fmt, metrics, reference, output):
 @click.option("--no-heatmaps", is_flag=True, help="Skip the per-cell accuracy-matrix heatmaps.")
 def plot(results_dir, out_dir, no_heatmaps):
     """Figures (PNG and PDF): accuracy after each step, last accuracy and forgetting against buffer size, heatmaps."""
-    from .plots import plot_all
-
-    paths = plot_all(_records_of(results_dir), out_dir or results_dir / "plots", heatmaps=not no_heatmaps)
-    if not paths:
-        raise UserError(f"{results_dir}: no finished records to plot")
-    for p in paths:
+    for p in api.write_plots(results_dir, out_dir, heatmaps=not no_heatmaps):
         click.echo(str(p))
 
 
@@ -190,26 +137,17 @@ def pretrain(out_dir, seed, epochs, per_class, batch_size, lr):
 @click.argument("kind", type=click.Choice(["methods", "datasets", "executors", "loggers"]))
 def list_(kind):
     """Every registered plugin of KIND with the package it comes from."""
-    from .plugins import get_plugins
-
-    registry = get_plugins().registry(kind)
-    width = max((len(e.name) for e in registry), default=4)
-    for entry in registry:
-        doc = (getattr(entry.obj, "__doc__", None) or sys.modules[entry.obj.__module__].__doc__ or "").strip().splitlines()
-        click.echo(f"{entry.name:{width}s}  {entry.origin:20s}  {doc[0] if doc else ''}")
+    found = api.list_plugins(kind, plugins=_plugins())
+    width = max((len(p.name) for p in found), default=4)
+    for p in found:
+        click.echo(f"{p.name:{width}s}  {p.origin:20s}  {p.summary}")
 
 
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 def show(target):
     """A record's summary: a record file, or a cell id inside a results folder given as DIR/ID."""
-    path = target if target.suffix == ".json" else target.parent / "records" / f"{target.name}.json"
-    if not path.is_file():
-        raise UserError(f"{target}: no record there; give DIR/records/<cell_id>.json or DIR/<cell_id>")
-    try:
-        r = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not a readable record ({exc})") from None
+    r = api.read_record(target)
     click.echo(f"{r['cell_id']}  {r['status']}  {r.get('variant')} | {r.get('stream')} | seed {r.get('seed')}")
     if r.get("error"):
         click.echo(f"error: {r['error']}")
@@ -228,12 +166,17 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> None:
+def main(argv=None, *, plugins=None) -> None:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); always ends with ``SystemExit`` and its exit code.
+
+    ``plugins``: the ``clbench.plugins.Plugins`` the commands use (default: the process's, built
+    from the installed entry points); tests pass one holding plugins of their own.
+    """
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)  # a scheduler's SIGTERM ends a run like Ctrl-C: cleanly, exit 130
     try:
-        cli.main(args=argv, prog_name="clbench", standalone_mode=False)
+        cli.main(args=argv, prog_name="clbench", standalone_mode=False, obj=plugins)
         sys.exit(0)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -21,9 +21,67 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AdapterConfig(Section):
+    """``model.adapter``: train LoRA adapters (Hu et al., ICLR 2022) instead of the model's weights.
+
+    The named layers of the chosen towers are wrapped through peft and every other weight is
+    frozen, so any method trains only the adapters (clbench/adapters.py). ``targets`` name
+    layers of open_clip's transformer blocks: the MLP's ``c_fc`` and ``c_proj``, attention's
+    ``in_proj`` (query/key/value together) and ``out_proj``; towers open_clip does not build
+    itself (timm, Hugging Face) take their own Linear layers' names. Towers and targets are
+    kept in a canonical order, so writing them in another order gives the same cell.
+    """
+
+    TARGETS: ClassVar[tuple[str, ...]] = ("c_fc", "c_proj", "in_proj", "out_proj")  # open_clip's transformer layers
+    PARAMETER_TARGETS: ClassVar[tuple[str, ...]] = ("in_proj", "out_proj")  # adapted as weights: no dropout
+
+    kind: Literal["lora"]
+    rank: PositiveInt = 8  # r: the adapters' inner dimension
+    alpha: PositiveFloat = 16.0  # the update is scaled by alpha / rank
+    towers: list[Literal["image", "text"]] = Field(default_factory=lambda: ["image", "text"], min_length=1)
+    targets: list[str] = Field(default_factory=lambda: list(AdapterConfig.TARGETS), min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the adapters' input (Linear targets only)
+
+    @field_validator("towers")
+    @classmethod
+    def _towers_once(cls, towers: list[str]) -> list[str]:
+        dup = next((t for t in towers if towers.count(t) > 1), None)
+        if dup:
+            raise ValueError(f"tower '{dup}' is listed twice; each tower once")
+        return sorted(towers)  # image, text
+
+    @field_validator("targets")
+    @classmethod
+    def _layer_names(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            if not target.isidentifier():
+                raise ValueError(f"'{target}' is not a layer name; use names such as {', '.join(cls.TARGETS)}")
+        dup = next((t for t in targets if targets.count(t) > 1), None)
+        if dup:
+            raise ValueError(f"target '{dup}' is listed twice; each target once")
+        return sorted(targets)
+
+    @field_validator("dropout")
+    @classmethod
+    def _no_dropout_on_weights(cls, dropout: float, info) -> float:
+        weights = [t for t in info.data.get("targets") or [] if t in cls.PARAMETER_TARGETS]
+        if dropout and weights:
+            raise ValueError(f"peft's LoRA on attention weights ({', '.join(weights)}) takes no dropout; "
+                             f"use 0.0, or only Linear targets such as c_fc, c_proj")
+        return dropout
+
+
 class ModelConfig(Section):
     arch: str = "clbench-tiny-32"  # open_clip name, a clbench tiny config, or local-dir:/path
     pretrained: Optional[str] = None  # open_clip tag, checkpoint file, or null for random init
+    adapter: Optional[AdapterConfig] = None  # train LoRA adapters instead of the weights; None: the weights train
+
+    def resolved(self) -> dict:
+        """The cell config's ``model``: ``adapter`` only when set, so suites without it keep their cell ids."""
+        out = self.model_dump(mode="json")
+        if out.get("adapter") is None:
+            out.pop("adapter", None)
+        return out
 
 
 class TrainConfig(Section):

@@ -7,7 +7,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
+import lazy_loader as lazy
+
+torch = lazy.load("torch")  # imported on first use (a cell that runs has loaded it already)
 
 
 def peak_rss_mb() -> float:

@@ -1,12 +1,12 @@
 """What ``clbench validate`` knows about a dataset and a stream before any data is read.
 
-A dataset factory may declare ``factory.facts = lambda options: DatasetFacts(...)``
-(and, older and shorter, ``factory.num_classes = lambda options: n``); every field
-left None is unknown until the data is read, and the checks that need it then run
-when the cell builds its stream. Methods check their hyper-parameters against a
-``StreamFacts`` in ``Method.check`` (template indices, memory sizes, replay batches),
-so a suite whose values cannot work on a stream is refused by ``validate`` with one
-line naming the key, instead of failing in every cell at run time.
+A dataset plugin declares its ``DatasetFacts`` in ``DatasetPlugin.facts(options)``
+(clbench/dataset_plugin.py); every field left None is unknown until the data is
+read, and the checks that need it then run when the cell builds its stream.
+Methods check their hyper-parameters against a ``StreamFacts`` in ``Method.check``
+(template indices, memory sizes, replay batches), so a suite whose values cannot
+work on a stream is refused by ``validate`` with one line naming the key, instead
+of failing in every cell at run time.
 """
 from __future__ import annotations
 
@@ -46,15 +46,6 @@ class StreamFacts:
     num_templates: Optional[int] = None
     domains: Optional[tuple[str, ...]] = None
     train_size: Optional[int] = None
-
-
-def dataset_facts(factory, options: dict) -> DatasetFacts:
-    """The facts a dataset factory declares for these options (``facts``, else ``num_classes``, else none)."""
-    declared = getattr(factory, "facts", None)
-    if declared is not None:
-        return declared(options)
-    count = getattr(factory, "num_classes", None)
-    return DatasetFacts(num_classes=count(options) if count else None)
 
 
 def stream_facts(label: str, dataset: str, scenario: str, steps: Optional[int], facts: DatasetFacts,

@@ -12,7 +12,6 @@ from pathlib import Path
 from .cell_task import CellTask, run_task
 from .errors import UserError
 from .events import ExperienceEnd
-from .runner import lost_record
 
 
 class GridRun:
@@ -80,6 +79,8 @@ class GridRun:
             self.progress.cell_skipped(cell, "done by another process")
             self.elsewhere += 1
             return
+        from .runner import lost_record  # the runner imports torch: only when a cell was lost
+
         record = lost_record(cell, error)
         self.store.write(record)
         self._ended(cell, record)

@@ -8,9 +8,29 @@ only this in its pyproject.toml::
     [project.entry-points.clbench]
     my_method = "my_package.plugin"
 
-The built-in methods, datasets and executors are registered the same way.
+The built-in methods, datasets, executors and loggers are registered the same
+way. Every plugin kind has one shape: a class with a ``name`` attribute,
+subclassing the kind's base, passed to ``register(cls)``. A hookimpl whose name
+matches no spec below, or a registered object of the wrong kind, stops clbench
+with one line naming the package (clbench/plugins.py).
+
+This module imports no torch: the annotations name their types only for readers
+and type checkers.
 """
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
 import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataset_plugin import DatasetPlugin
+    from .executors import Executor
+    from .learner import Learner
+    from .loggers import Logger
+    from .method import Method
+    from .suite import Cell, Suite
 
 hookspec = pluggy.HookspecMarker("clbench")
 
@@ -18,7 +38,7 @@ hookspec = pluggy.HookspecMarker("clbench")
 # --- registration: called once when the plugin manager is built ------------
 
 @hookspec
-def clbench_add_methods(register):
+def clbench_add_methods(register: Callable[[type[Method]], None]) -> None:
     """Register continual-learning methods.
 
     :param register: ``register(method_class)``; the class subclasses
@@ -27,39 +47,45 @@ def clbench_add_methods(register):
 
 
 @hookspec
-def clbench_add_datasets(register):
+def clbench_add_datasets(register: Callable[[type[DatasetPlugin]], None]) -> None:
     """Register datasets that streams can be built from.
 
-    :param register: ``register(name, factory)``; ``factory(**options)``
-        returns a ``clbench.data.Dataset``. ``options`` are the stream's
-        dataset keys from the suite (e.g. ``root``, ``num_classes``).
+    :param register: ``register(dataset_class)``; the class subclasses
+        ``clbench.DatasetPlugin`` and names itself with its ``name`` attribute.
+        Its ``Options`` (a pydantic model) are the stream keys it takes (e.g.
+        ``root``, ``num_classes``); ``facts``, ``class_orders`` and
+        ``offers_raw_names`` say what ``clbench validate`` can check without
+        reading data; ``build(options)`` returns a ``clbench.data.Dataset``.
     """
 
 
 @hookspec
-def clbench_add_executors(register):
+def clbench_add_executors(register: Callable[[type[Executor]], None]) -> None:
     """Register executors, the engines that run a suite's cells.
 
-    :param register: ``register(name, executor_class)``; the class follows
-        ``clbench.executors.Executor``.
+    :param register: ``register(executor_class)``; the class subclasses
+        ``clbench.executors.Executor`` and names itself with its ``name``
+        attribute; its ``Options`` are the suite keys under ``executor:``.
     """
 
 
 @hookspec
-def clbench_add_loggers(register):
+def clbench_add_loggers(register: Callable[[type[Logger]], None]) -> None:
     """Register run loggers that a suite can switch on with ``loggers: [name, ...]``.
 
-    :param register: ``register(name, logger_class)``; the class is built as
-        ``logger_class(results_dir, suite)`` at the start of a run and receives
-        ``experience_end(cell, step, acc_row, learner)`` (a ``clbench.events.ExperienceEnd``), ``cell_end(cell, record)``
-        and ``close()``; see ``clbench.loggers.Logger``.
+    :param register: ``register(logger_class)``; the class subclasses
+        ``clbench.loggers.Logger`` and names itself with its ``name``
+        attribute. It is built as ``logger_class(results_dir, suite)`` at the
+        start of a run and receives ``experience_end(report)`` (a
+        ``clbench.events.ExperienceEnd``), ``cell_end(cell, record)`` and
+        ``close()``.
     """
 
 
 # --- events: for loggers and observers; return values are ignored ----------
 
 @hookspec
-def clbench_run_start(suite, results_dir, cells):
+def clbench_run_start(suite: Suite, results_dir: Path, cells: list[Cell]) -> None:
     """A ``clbench run`` is about to run ``cells`` (those not yet done).
 
     :param suite: the validated ``clbench.suite.Suite``.
@@ -69,7 +95,8 @@ def clbench_run_start(suite, results_dir, cells):
 
 
 @hookspec
-def clbench_experience_end(cell, step, acc_row, learner, train_loss, test_sizes):
+def clbench_experience_end(cell: Cell, step: int, acc_row: list[Optional[float]], learner: Optional[Learner],
+                           train_loss: Optional[float], test_sizes: list[int]) -> None:
     """A cell finished training on experience ``step`` (0-based) and was evaluated.
 
     Fired once per experience in the process that runs ``clbench run`` (the
@@ -87,7 +114,7 @@ def clbench_experience_end(cell, step, acc_row, learner, train_loss, test_sizes)
 
 
 @hookspec
-def clbench_cell_end(cell, record):
+def clbench_cell_end(cell: Cell, record: dict[str, Any]) -> None:
     """A cell ended (``record["status"]`` is ``done`` or ``failed``) and its record is on disk.
 
     :param cell: the ``clbench.suite.Cell``.
@@ -96,7 +123,7 @@ def clbench_cell_end(cell, record):
 
 
 @hookspec
-def clbench_run_end(suite, results_dir, summary):
+def clbench_run_end(suite: Suite, results_dir: Path, summary: dict[str, int]) -> None:
     """A ``clbench run`` ended (also when some cells failed).
 
     :param suite: the validated ``clbench.suite.Suite``.

@@ -7,6 +7,8 @@ together: such groups get distinct row labels.
 """
 from __future__ import annotations
 
+import sys
+import types
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,12 +242,31 @@ EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex"}
 
 
 def write_leaderboard(board: Leaderboard, out_dir: Path, formats) -> list[Path]:
+    """Write ``board`` as ``out_dir/leaderboard.{csv,md,tex}`` for each of ``formats``; returns the paths.
+
+    A file that already holds the same text is left as it is (a rerun with nothing to do rewrites nothing).
+    """
     from .results import atomic_write_text
 
     paths = []
     for fmt in formats:
         path = Path(out_dir) / f"leaderboard.{EXTENSIONS[fmt]}"
-        atomic_write_text(path, board.render(fmt))
+        text = board.render(fmt)
+        if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):
+            atomic_write_text(path, text)
         paths.append(path)
     return paths
 
+
+
+class _CallableModule(types.ModuleType):
+    """The package exports ``clbench.api.leaderboard`` as ``clbench.leaderboard``, the name of this module too:
+    once this module is imported, the package attribute is the module, so calling the module calls that function."""
+
+    def __call__(self, results_dirs, metrics=None, reference=None) -> Leaderboard:
+        from .api import leaderboard
+
+        return leaderboard(results_dirs, metrics, reference)
+
+
+sys.modules[__name__].__class__ = _CallableModule

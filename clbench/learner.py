@@ -4,6 +4,10 @@ It owns the device, mixed precision, the image preprocessing, the forward
 passes (with text features cached while the text tower does not change), the
 training loop, evaluation into accuracy-matrix rows, and the cost meters.
 Methods call it; they never write their own loop unless they must.
+
+What a method may use is exactly ``METHOD_API`` (documented in
+docs/writing_methods.md, section 4); everything else here is the harness's own
+and may change. A test reads the built-in methods' source and holds them to it.
 """
 from __future__ import annotations
 
@@ -17,13 +21,20 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .cost import CostMeter
+from .batch import Batch
 from .data.base import ImageSet
 from .errors import UserError
 from .data.scenarios import Experience, Stream
 from .models import ClipModel
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, Experience], torch.Tensor]
+LossFn = Callable[[Batch], torch.Tensor]
 PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+#: the Learner's surface for methods (attributes and methods); the snapshot's is ``FrozenModel.METHOD_API``
+METHOD_API = ("device", "seed", "stream", "dataset", "train_config", "encode_images", "encode_texts", "class_features",
+              "logit_scale", "zero_shot_logits", "freeze", "weights", "trainable_parameters", "weights_changed", "fit",
+              "features", "snapshot", "preprocess")
+TOWERS = ("text", "image")
 
 
 def pick_device(name: str) -> torch.device:
@@ -41,61 +52,23 @@ def _batches_with_ids(data: ImageSet, batch_size: int, generator: torch.Generato
             yield images, labels, None
 
 
-class Learner:
-    def __init__(self, clip: ClipModel, stream: Stream, train: TrainConfig, seed: int):
-        self.cfg = train
-        self.device = pick_device(train.device)
-        self.clip = clip
-        self.model = clip.model.to(self.device)
-        self.stream = stream
-        self.dataset = stream.dataset
-        self.generator = torch.Generator().manual_seed(seed)  # data order, independent of model init
-        self.cost = CostMeter()
-        self.amp_dtype = self._amp_dtype(train.amp)
-        self._mean = torch.tensor(clip.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(clip.std, device=self.device).view(1, 3, 1, 1)
-        self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
-        self._image_cache: dict[int, tuple[int, torch.Tensor]] = {}  # id(image set) -> (model_version, features)
-        self.model_version = 0  # bumped whenever fit() changes the weights
-        self.batch_classes: torch.Tensor | None = None
-        #: during fit(): the dataset ids (host int64, one per image of the mixed batch), None if the memory gives none
-        self.batch_ids: torch.Tensor | None = None
-        self.last_train_loss: float | None = None
-        if train.data_on_device and self.device.type == "cuda":
-            stream.to_device(self.device)
-        if train.compile:
-            self.model.encode_image = torch.compile(self.model.encode_image)
-            self.model.encode_text = torch.compile(self.model.encode_text)
+class Encoders:
+    """The feature methods shared by the Learner and its frozen snapshots (needs model, clip, dataset, device, autocast)."""
 
-    # --- precision and preprocessing ---------------------------------------
-    def _amp_dtype(self, amp: str) -> torch.dtype | None:
-        if amp == "none" or (amp == "auto" and self.device.type != "cuda"):
-            return None
-        return torch.float16 if amp == "fp16" else torch.bfloat16
+    model: torch.nn.Module
+    _text_cache: dict
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> the model's input: resized and CLIP-normalised, on the device."""
-        x = images.to(self.device, non_blocking=True).float().div_(255)
-        size = self.clip.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-        return (x - self._mean) / self._std
-
-    # --- forward passes -----------------------------------------------------
     @property
     def logit_scale(self) -> torch.Tensor:
+        """CLIP's learned temperature exp(t), clamped at 100 as in CLIP's training: a scalar tensor on the device."""
         return self.model.logit_scale.exp().clamp(max=100)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features of preprocessed images."""
+        """L2-normalised image features (B, D) of preprocessed images (B, 3, S, S), with gradients when training."""
         return F.normalize(self.model.encode_image(images).float(), dim=-1)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text features (len(texts), D) of raw strings (tokenised here)."""
         tokens = self.clip.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
@@ -132,9 +105,102 @@ class Learner:
         """CLIP's rule: scaled cosine similarity to each class's prompt ensemble."""
         return self.logit_scale * self.encode_images(images) @ self.class_features(classes).t()
 
-    def text_tower_changed(self) -> None:
-        """Drop cached text features; fit() calls this after steps that touch the text tower."""
+
+
+class Learner(Encoders):
+    """The shared machinery of one cell: model, stream, training loop, evaluation, cost meters.
+
+    For methods: ``device``; ``seed`` (the cell's seed, int); ``stream`` (``experiences``,
+    ``seen(t)``: the classes learned through step t, old ones first); ``dataset`` (the stream's
+    dataset: ``num_classes``, ``class_names``, ``templates``, ``train``); ``train_config`` (the
+    cell's ``TrainConfig``); and the methods listed in ``METHOD_API``, each documented below.
+    """
+
+    def __init__(self, clip: ClipModel, stream: Stream, train: TrainConfig, seed: int):
+        self.cfg = train
+        self.seed = seed
+        self.device = pick_device(train.device)
+        self.clip = clip
+        self.model = clip.model.to(self.device)
+        self.stream = stream
+        self.dataset = stream.dataset
+        self.generator = torch.Generator().manual_seed(seed)  # data order, independent of model init
+        self.cost = CostMeter()
+        self.amp_dtype = self._amp_dtype(train.amp)
+        self._mean = torch.tensor(clip.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(clip.std, device=self.device).view(1, 3, 1, 1)
+        self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._image_cache: dict[int, tuple[int, torch.Tensor]] = {}  # id(image set) -> (weights version, features)
+        self._weights_version = 0  # bumped whenever the image tower's weights change (cached image features go stale)
+        self.last_train_loss: float | None = None
+        if train.data_on_device and self.device.type == "cuda":
+            stream.to_device(self.device)
+        if train.compile:
+            self.model.encode_image = torch.compile(self.model.encode_image)
+            self.model.encode_text = torch.compile(self.model.encode_text)
+
+    # --- precision and preprocessing ---------------------------------------
+    def _amp_dtype(self, amp: str) -> torch.dtype | None:
+        if amp == "none" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        return torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> the model's input (float, resized and CLIP-normalised, on the device).
+
+        ``fit`` does this for every batch it builds; a method that makes its own pass over an image
+        set outside ``fit`` (e.g. EWC's Fisher information, ``exp.train.batches(n)``) uses it to
+        build the same ``Batch`` a loss receives. It runs no mixed precision and computes no features.
+        """
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        size = self.clip.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        return (x - self._mean) / self._std
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The cell's training settings (``batch_size``, ``epochs``, ``lr``, ...), frozen."""
+        return self.cfg
+
+    def weights_changed(self) -> None:
+        """Say that the model's weights changed outside ``fit`` (e.g. a method averaged or restored them).
+
+        Cached text features and cached image features of test sets are dropped; ``fit``
+        does this itself for the towers it trains.
+        """
         self._text_cache.clear()
+        self._weights_version += 1
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The model's weights and buffers by name (its ``state_dict``): tensors sharing storage with the model.
+
+        Edit them in place (e.g. interpolate towards saved weights), then call ``weights_changed()``.
+        Copy them (``{k: v.clone() for k, v in ...}``) to keep a version.
+        """
+        return self.model.state_dict()
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters ``fit`` trains (``requires_grad``), by name: for penalties on them (e.g. EWC) and their gradients."""
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def freeze(self, tower: str) -> None:
+        """Stop training one tower: ``"text"`` (everything outside ``visual.``) or ``"image"`` (``visual.``).
+
+        A frozen text tower's class features are computed once and cached for the cell;
+        a frozen image tower's test-set features are reused across evaluations.
+        ValueError for another name.
+        """
+        if tower not in TOWERS:
+            raise ValueError(f"freeze: unknown tower '{tower}'; use one of {', '.join(TOWERS)}")
+        for name, p in self.model.named_parameters():
+            if name.startswith("visual.") == (tower == "image"):
+                p.requires_grad_(False)
 
     def _text_trainable(self) -> bool:
         return any(p.requires_grad for n, p in self.model.named_parameters() if not n.startswith("visual."))
@@ -165,14 +231,17 @@ class Learner:
             replay=None, replay_batch_size: int = 0) -> None:
         """The shared loop: epochs over ``data`` (default: the experience's training set).
 
-        With a non-empty ``replay`` memory (anything with ``len`` and ``sample(n)`` returning
-        (uint8 images, labels[, dataset ids]), e.g. ``clbench.buffer.ReplayBuffer``), every
-        step appends ``replay_batch_size`` exemplars to the new batch, so the loss sees one
-        mixed batch. During the loop ``batch_classes`` and ``batch_ids`` describe the batch.
+        ``loss_fn(batch)`` gets a ``clbench.Batch`` and returns a scalar tensor. With a
+        non-empty ``replay`` memory (anything with ``len`` and ``sample(n)`` returning (uint8
+        images, labels[, dataset ids]), e.g. ``clbench.buffer.ReplayBuffer``), every step
+        appends up to ``replay_batch_size`` exemplars after the new images, so the loss sees
+        one mixed batch whose last ``batch.n_replayed`` rows are replayed.
         """
         data = exp.train if data is None else data
         epochs = self.cfg.epochs if epochs is None else epochs
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("fit: every parameter is frozen (model.adapter's towers and the method's freeze()), so there is nothing to train")
         optimizer = self.make_optimizer(params)
         steps_per_epoch = math.ceil(len(data) / self.cfg.batch_size)
         schedule = self.make_schedule(optimizer, epochs * steps_per_epoch)
@@ -183,16 +252,19 @@ class Learner:
         with self.cost.timing("train", self.device):
             for _ in range(epochs):
                 for images, labels, ids in _batches_with_ids(data, self.cfg.batch_size, self.generator):
+                    n_replayed = 0
                     if replay is not None and replay_batch_size and len(replay):
                         old = replay.sample(replay_batch_size)
+                        n_replayed = len(old[1])
                         images, labels = torch.cat([images, old[0].to(images.device)]), torch.cat([labels, old[1]])
                         ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
-                    self.batch_classes = labels.unique() if labels.device.type == "cpu" else None  # host copy: no sync
-                    self.batch_ids = ids
+                    classes = labels.unique().tolist()  # labels live on the host here (on the device only with
+                    # data_on_device, where this is one small sync per step)
                     x = self.preprocess(images)
                     y = labels.to(self.device, non_blocking=True)
+                    batch = Batch(x, y, classes, exp, n_replayed, ids)
                     with self.autocast():
-                        loss = loss_fn(x, y, exp)
+                        loss = loss_fn(batch)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if self.cfg.grad_clip:
@@ -204,10 +276,9 @@ class Learner:
                     total_loss += loss.detach().float()
                     self.cost.train_images += len(labels)
                     if text_trainable:
-                        self.text_tower_changed()
-        self.batch_classes = self.batch_ids = None
+                        self._text_cache.clear()
         if any(p.requires_grad for p in self.model.visual.parameters()):
-            self.model_version += 1  # cached image features are stale; a frozen image tower keeps them
+            self._weights_version += 1  # cached image features are stale; a frozen image tower keeps them
         self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
 
     @torch.no_grad()
@@ -222,14 +293,14 @@ class Learner:
         self.model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, device=self.device)
 
-    def snapshot(self) -> torch.nn.Module:
-        """A frozen copy of the current model (e.g. the previous model for distillation)."""
+    def snapshot(self) -> "FrozenModel":
+        """A frozen copy of the current model with the same feature methods (e.g. the previous model for distillation)."""
         import copy
 
         frozen = copy.deepcopy(self.model).eval()
         for p in frozen.parameters():
             p.requires_grad_(False)
-        return frozen
+        return FrozenModel(frozen, self)
 
     # --- resume ---------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -242,7 +313,7 @@ class Learner:
         self.last_train_loss = state["last_train_loss"]
         c = self.cost
         c.train_images, c.train_seconds, c.eval_images, c.eval_seconds = state["cost"]
-        self.text_tower_changed()
+        self.weights_changed()
 
     # --- evaluation ---------------------------------------------------------
     @torch.no_grad()
@@ -286,12 +357,12 @@ class Learner:
     def image_features(self, data: ImageSet) -> torch.Tensor:
         """Features of a test set, computed once per model version (frozen models: once per cell)."""
         hit = self._image_cache.get(id(data))
-        if hit is not None and hit[0] == self.model_version:
+        if hit is not None and hit[0] == self._weights_version:
             return hit[1]
         with self.cost.timing("eval", self.device):
             feats = self.features(data)
             self.cost.eval_images += len(data)
-        self._image_cache[id(data)] = (self.model_version, feats)
+        self._image_cache[id(data)] = (self._weights_version, feats)
         return feats
 
     @torch.no_grad()
@@ -306,3 +377,40 @@ class Learner:
         if self.stream.control is None:
             return None
         return self.zero_shot_accuracy(self.stream.control, self.stream.control_classes)
+
+
+class FrozenModel(Encoders):
+    """A frozen copy of the model (``Learner.snapshot()``), with the Learner's feature methods.
+
+    ``encode_images``, ``encode_texts``, ``class_features`` (cached per class and template),
+    ``logit_scale`` and ``zero_shot_logits`` behave as the Learner's, on the copy's weights,
+    never with gradients and with the Learner's mixed precision.
+    """
+
+    METHOD_API = ("encode_images", "encode_texts", "class_features", "logit_scale", "zero_shot_logits", "nbytes")
+
+    def __init__(self, model: torch.nn.Module, learner: "Learner"):
+        self.model = model
+        self.clip = learner.clip
+        self.dataset = learner.dataset
+        self.device = learner.device
+        self.autocast = learner.autocast
+        self._text_cache = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the copy's weights and buffers (for ``Method.memory_summary``'s ``frozen_models``)."""
+        from .memory import nbytes
+
+        return nbytes(self.model)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return super().encode_images(images)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return super().encode_texts(texts)
+
+    def class_features(self, classes: Iterable[int], template: int | None = None, grad: bool = False) -> torch.Tensor:
+        return super().class_features(classes, template, grad=False)

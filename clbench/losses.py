@@ -1,15 +1,14 @@
-"""CLIP objectives shared by the built-in methods and reusable by plugins.
+"""CLIP objectives on features, reusable by any method (the built-in methods' own objective is in clbench_methods.objective).
 
-All take L2-normalised image features (B, D), the batch's global labels,
-text features of a class list (C, D) with those classes' global ids, and
-CLIP's logit scale.
+All take L2-normalised image features (B, D), the batch's global labels (B,),
+text features of a class list (C, D) with those classes' global ids (C,), and
+CLIP's logit scale (a scalar tensor).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import lazy_loader as lazy
 
-import torch
-import torch.nn.functional as F
+torch = lazy.load("torch")
 
 
 def positions(classes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -29,7 +28,7 @@ def contrastive_terms(image_features, labels, text_features, classes, logit_scal
     image of c's class a positive.
     """
     logits = logit_scale * image_features @ text_features.t()  # (B, C)
-    image_terms = F.cross_entropy(logits, positions(classes, labels), reduction="none")
+    image_terms = torch.nn.functional.cross_entropy(logits, positions(classes, labels), reduction="none")
     per_text = logits.t()  # (C, B)
     positive = classes[:, None] == labels[None, :]
     text_terms = torch.logsumexp(per_text, dim=1) - torch.logsumexp(per_text.masked_fill(~positive, float("-inf")), dim=1)
@@ -50,63 +49,4 @@ def contrastive_loss(image_features, labels, text_features, classes, logit_scale
 def cross_entropy_loss(image_features, labels, text_features, classes, logit_scale) -> torch.Tensor:
     """Cross-entropy over s(x, c) for c in ``classes`` (the seen classes)."""
     logits = logit_scale * image_features @ text_features.t()
-    return F.cross_entropy(logits, positions(classes, labels))
-
-
-def batch_classes(learner, labels: torch.Tensor) -> list[int]:
-    """The distinct classes of the batch, sorted, from the Learner's host copy (no device sync)."""
-    classes = getattr(learner, "batch_classes", None)
-    return (labels.unique() if classes is None else classes).tolist()
-
-
-def label_space(learner, labels: torch.Tensor, exp, loss: str) -> list[int]:
-    """The classes a batch is scored against: its own classes (contrastive) or every seen class (ce)."""
-    if loss == "contrastive":
-        return batch_classes(learner, labels)
-    return learner.stream.seen(exp.index)
-
-
-def clip_objective(learner, images, labels, exp, loss: str = "contrastive", template: int = 0, grad_text: bool = True):
-    """finetune's objective on one (possibly mixed) batch: ``contrastive`` or ``ce``, as in SPEC.md."""
-    classes = label_space(learner, labels, exp, loss)
-    text = learner.class_features(classes, template=template, grad=grad_text)
-    objective = contrastive_loss if loss == "contrastive" else cross_entropy_loss
-    return objective(learner.encode_images(images), labels, text, torch.tensor(classes, device=labels.device), learner.logit_scale)
-
-
-@dataclass
-class ClassTerms:
-    """finetune's objective on one batch, split by class: ``share.sum()`` is the objective itself.
-
-    ``classes`` (C,): the distinct classes of the batch, sorted; ``share`` (C,):
-    each class's additive part of the objective (its images' image terms / B,
-    plus, for ``contrastive``, its prompt's text term / C, the sum halved);
-    ``mean`` (C,): the class's own mean loss (mean of its image terms, averaged
-    with its text term for ``contrastive``), the L_c that DRO weights are built from.
-    """
-
-    classes: torch.Tensor
-    share: torch.Tensor
-    mean: torch.Tensor
-
-
-def clip_objective_by_class(learner, images, labels, exp, loss: str = "contrastive", template: int = 0,
-                            grad_text: bool = True) -> ClassTerms:
-    """:func:`clip_objective` decomposed per class (dro_replay reweights these parts; uniform weights give er)."""
-    space = label_space(learner, labels, exp, loss)
-    text = learner.class_features(space, template=template, grad=grad_text)
-    features = learner.encode_images(images)
-    space_t = torch.tensor(space, device=labels.device)
-    present = space_t if loss == "contrastive" else torch.tensor(batch_classes(learner, labels), device=labels.device)
-    if loss == "contrastive":
-        image_terms, text_terms = contrastive_terms(features, labels, text, space_t, learner.logit_scale)
-    else:
-        logits = learner.logit_scale * features @ text.t()
-        image_terms, text_terms = F.cross_entropy(logits, positions(space_t, labels), reduction="none"), None
-    where = positions(present, labels)
-    sums = torch.zeros(len(present), dtype=image_terms.dtype, device=labels.device).index_add(0, where, image_terms)
-    counts = torch.zeros(len(present), dtype=image_terms.dtype, device=labels.device).index_add(0, where, torch.ones_like(image_terms))
-    share, mean = sums / len(labels), sums / counts
-    if text_terms is not None:
-        share, mean = (share + text_terms / len(present)) / 2, (mean + text_terms) / 2
-    return ClassTerms(present, share, mean)
+    return torch.nn.functional.cross_entropy(logits, positions(classes, labels))

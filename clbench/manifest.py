@@ -8,9 +8,11 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-import torch
+import lazy_loader as lazy
 
 import clbench
+
+torch = lazy.load("torch")  # imported on first use (a cell that runs has loaded it already)
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pluggy", "pydantic", "pandas")
 
@@ -47,9 +49,17 @@ def device_name(device: torch.device) -> str:
 
 
 def model_facts(clip, amp_dtype: torch.dtype | None) -> dict:
-    """What the record must say about the model as built: arch, weights, activation, precision."""
+    """What the record must say about the model as built: arch, weights, activation, precision, parameter counts.
+
+    ``parameters`` counts every parameter (LoRA adapters included); ``trainable_parameters``
+    those the model section leaves trainable: all without ``model.adapter``, only the adapters
+    with it. A method may still freeze more (``finetune``'s ``freeze_text``) or train nothing.
+    """
+    from .adapters import parameter_counts
+
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp_dtype]
-    return {"arch": clip.arch, "pretrained": clip.pretrained, "activation": clip.activation, "precision": precision}
+    return {"arch": clip.arch, "pretrained": clip.pretrained, "activation": clip.activation, "precision": precision,
+            **parameter_counts(clip.model)}
 
 
 def manifest(device: torch.device, seed: int, model: dict | None = None) -> dict:

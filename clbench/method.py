@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .batch import Batch
     from .config import TrainConfig
     from .data.scenarios import Experience
     from .facts import StreamFacts
@@ -36,6 +38,8 @@ class Method:
     #: classifier): test sets of upcoming experiences with such classes are then not evaluated (None in the
     #: accuracy matrix) and ``fwt`` is None
     scores_unseen_classes: ClassVar[bool] = True
+    #: the scenarios the method is built for (as Mammoth's COMPATIBILITY); validate refuses a suite pairing it with another
+    scenarios: ClassVar[tuple[str, ...]] = ("class_incremental", "domain_incremental")
 
     @classmethod
     def check(cls, params: Params, stream: "StreamFacts", train: "TrainConfig") -> dict[str, str]:
@@ -60,21 +64,41 @@ class Method:
         """Learn from ``exp``. The default runs the shared loop on ``self.loss``."""
         self.learner.fit(exp, self.loss)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, exp: "Experience") -> torch.Tensor:
-        """The objective on one (preprocessed) batch; labels are global class ids."""
+    def loss(self, batch: "Batch") -> "torch.Tensor":
+        """The objective (a scalar tensor) on one ``clbench.Batch``: preprocessed images, global labels, the
+        batch's classes on the host, the experience, and which rows were replayed from the memory."""
         raise NotImplementedError(f"method '{self.name}' must implement loss() or override train()")
 
     def after_experience(self, exp: "Experience") -> None:
         """Called after training on ``exp`` and before it is evaluated."""
 
-    def predict(self, images: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    def predict(self, images: "torch.Tensor", classes: list[int]) -> "torch.Tensor":
         """Scores of shape (batch, len(classes)); the default is CLIP's zero-shot rule."""
         return self.learner.zero_shot_logits(images, classes)
+
+    @classmethod
+    def uses_zero_shot_rule(cls) -> bool:
+        """True when ``predict`` is CLIP's zero-shot rule, so evaluation may reuse cached test-set image
+        features while the image tower is unchanged. True exactly when ``predict`` is not overridden."""
+        return cls.predict is Method.predict
 
     # --- what goes into the record and what resume needs ---------------------
     def record_extras(self) -> dict[str, Any]:
         """JSON-serialisable facts about this run to store in the record."""
         return {}
+
+    def memory_summary(self) -> dict[str, int]:
+        """Bytes the method keeps beyond the model it trains, by kind, as held at the end of the cell (or at
+        its largest, where the method tracks that): ``replay_images`` (exemplars as stored), ``stored_outputs``
+        (scores or features kept per exemplar), ``frozen_models`` (teacher copies), ``parameter_anchors``
+        (Fisher information, anchor weights), ``prototypes``, ``adapters``, or another name of the method's
+        own. ``clbench.memory.nbytes`` counts tensors in nested containers. The default keeps nothing."""
+        return {}
+
+    def buffer_summary(self) -> dict[str, Any]:
+        """The replay memory for the record: ``exemplars`` (count) and ``bytes`` (as stored), plus any
+        facts of the memory (policy, capacity rule). Methods without a memory keep the default."""
+        return {"exemplars": 0, "bytes": 0}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

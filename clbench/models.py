@@ -39,6 +39,7 @@ class ClipModel:
     arch: str
     pretrained: str | None
     activation: str = "gelu"  # the transformer MLPs' activation as built: "quick_gelu" or "gelu"
+    adapter: dict | None = None  # the resolved model.adapter the model was wrapped with (None: the weights train)
 
 
 def tag_needs_quick_gelu(arch: str, tag: str | None) -> bool:
@@ -67,8 +68,13 @@ def _image_size(model) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def build_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipModel:
-    """The model for a suite's ``model:`` section, or a one-line UserError saying what to fix."""
+def build_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu",
+               adapter: dict | None = None) -> ClipModel:
+    """The model for a suite's ``model:`` section, or a one-line UserError saying what to fix.
+
+    With ``adapter`` (a resolved ``model.adapter`` mapping) the loaded model is wrapped with
+    LoRA adapters and only they train (clbench/adapters.py).
+    """
     is_local_dir = arch.startswith("local-dir:")
     if not is_local_dir and arch.replace("/", "-") not in open_clip.list_models():
         from .registry import did_you_mean
@@ -113,7 +119,13 @@ def build_clip(arch: str, pretrained: str | None = None, device: str | torch.dev
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return ClipModel(model, open_clip.get_tokenizer(arch), _image_size(model), mean, std, arch, pretrained, activation_name(model))
+    activation = activation_name(model)
+    if adapter:
+        from .adapters import apply_adapter
+
+        apply_adapter(model, adapter, arch)
+    return ClipModel(model, open_clip.get_tokenizer(arch), _image_size(model), mean, std, arch, pretrained, activation,
+                     adapter or None)
 
 
 class _quiet_open_clip:

@@ -9,9 +9,6 @@ from __future__ import annotations
 import sys
 import time
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 
 def label_of(cell) -> str:
     return f"{cell.variant} | {cell.stream_label} | seed {cell.seed}"
@@ -27,7 +24,10 @@ class GridProgress:
         self._started: dict[str, float] = {}
         self._cell_bars: dict[str, int] = {}
         self._bars = None
-        if not self.plain:
+        if not self.plain:  # rich only on a terminal: a logged or scripted run never imports it
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
             self._bars = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=Console(file=self.stream), transient=False,

@@ -1,6 +1,6 @@
 """A named registry of plugin objects that remembers where each came from.
 
-Methods, datasets and executors all live in one of these. Lookups of a
+Methods, datasets, executors and loggers each live in one of these. Lookups of a
 misspelled name answer with "did you mean ...", and every entry keeps the
 distribution that registered it so ``clbench list`` can show origins.
 """
@@ -21,19 +21,34 @@ def did_you_mean(name: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def unknown_line(what: str, name: object, known) -> str:
+    """The one line for a name that is not among ``known``: ``unknown WHAT 'NAME' (did you mean 'X'?); known: A, B``.
+
+    ``known`` is listed in the order given ("none" when empty); the did-you-mean part
+    appears only when a known name is close. Callers prefix the file and key.
+    """
+    known = [str(k) for k in known]
+    return f"unknown {what} '{name}'{did_you_mean(str(name), known)}; known: {', '.join(known) or 'none'}"
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
+    """One registered plugin: its name, the object (a class) and the distribution that registered it."""
+
     name: str
     obj: T
     origin: str  # the distribution (pip package) that registered it
 
 
 class Registry(Generic[T]):
+    """The plugins of one kind by name; ``get`` of an unknown name raises a UserError with a did-you-mean."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, obj: T, origin: str) -> None:
+        """Add ``obj`` as ``name``; ValueError for a name that is not an identifier, UserError when taken by another object."""
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"{self.kind} name {name!r} must be a Python identifier")
         if name in self._entries and self._entries[name].obj is not obj:
@@ -51,10 +66,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            known = ", ".join(sorted(self._entries)) or "none"
-            raise UserError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; known: {known}"
-            ) from None
+            raise UserError(unknown_line(self.kind, name, sorted(self._entries))) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

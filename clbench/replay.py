@@ -60,10 +60,10 @@ class ReplayMethod(Method):
     def __init__(self, params, learner):
         super().__init__(params, learner)
         train_size = sum(len(e.train) for e in learner.stream.experiences)
-        self.buffer = ReplayBuffer(params.buffer, train_size, seed=int(learner.generator.initial_seed()))
+        self.buffer = ReplayBuffer(params.buffer, train_size, seed=learner.seed)
 
     def train(self, exp) -> None:
-        replay_batch = round(self.params.replay_ratio * self.learner.cfg.batch_size)
+        replay_batch = round(self.params.replay_ratio * self.learner.train_config.batch_size)
         self.learner.fit(exp, self.loss, replay=self.buffer, replay_batch_size=replay_batch)
 
     def after_experience(self, exp) -> None:
@@ -71,6 +71,9 @@ class ReplayMethod(Method):
 
     def buffer_summary(self) -> dict:
         return self.buffer.summary()
+
+    def memory_summary(self) -> dict[str, int]:
+        return {"replay_images": self.buffer.summary()["bytes"]}
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict()}

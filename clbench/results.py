@@ -17,6 +17,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+#: bumped whenever a change makes a record of the same suite entry mean something else (a metric's definition,
+#: a method's maths, a class order, the replay memory): it is part of every cell's config, so a results folder
+#: re-runs such cells instead of resuming them, and tables leave the older records out (aggregate.dedupe).
+#: 2: Mammoth's forgetting, per-anchor GCL, Sagawa's Group-DRO, dro_replay on er's objective, PyCIL's iCaRL
+#: distillation and NME, unbiased replay memories drawn without replacement, QuickGELU for OpenAI tags,
+#: seeded class orders for seed 1993.
+RESULTS_VERSION = 2
+
 RECORDS = "records"
 CORRUPT = "corrupt"
 

@@ -16,8 +16,8 @@ from .events import ExperienceEnd
 from .data.scenarios import build_stream
 from .errors import UserError
 from .learner import Learner, pick_device
-from .method import Method
 from .manifest import manifest, model_facts
+from .memory import memory_record
 from .metrics import METRICS, compute_metrics
 from .models import build_clip
 from .suite import Cell
@@ -30,13 +30,15 @@ def seed_everything(seed: int) -> None:
 
 
 def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
-    """The cell's stream; file-based datasets decode at ``image_size`` (the model's) unless the suite says otherwise."""
+    """The cell's stream; a dataset with an ``input_size_option`` (file-based ones) gets ``image_size`` (the model's)
+    there unless the suite set it."""
     cfg = cell.config["stream"]
-    factory = plugins.datasets.get(cfg["dataset"])
+    plugin = plugins.datasets.get(cfg["dataset"])
     options = {**cfg["options"], **(cfg.get("runtime_options") or {})}
-    if image_size and "image_size" in getattr(getattr(factory, "Options", None), "model_fields", {}) and options.get("image_size") is None:
-        options["image_size"] = image_size
-    dataset = factory(**options)
+    size_key = plugin.input_size_option
+    if image_size and size_key and options.get(size_key) is None:
+        options[size_key] = image_size
+    dataset = plugin.build(options)
     return build_stream(
         dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
         domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=f"stream '{cell.stream_label}'",
@@ -65,6 +67,16 @@ def lost_record(cell: Cell, error: str) -> dict:
     return record
 
 
+def _memory_summary(method, learner) -> dict[str, int]:
+    """The method's memory by kind, plus the harness's LoRA adapters (``model.adapter``) as ``adapters``."""
+    summary = dict(method.memory_summary()) if method is not None else {}
+    if learner is not None and learner.clip.adapter:
+        from .adapters import adapter_bytes
+
+        summary["adapters"] = summary.get("adapters", 0) + adapter_bytes(learner.model)
+    return summary
+
+
 def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None = None) -> dict:
     """The cell's record; a failure inside the cell becomes a ``failed`` record, bad input a UserError.
 
@@ -82,7 +94,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
     record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
     learner, method, step, resumed_at, model_info = None, None, None, None, None
     try:
-        clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device))
+        clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device),
+                          cell.config["model"].get("adapter"))
         stream = build_cell_stream(cell, plugins, clip.image_size)
         record.update(
             class_order=stream.class_order, class_order_hash=stream.class_order_hash,
@@ -120,7 +133,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                 method.train(exp)
             method.after_experience(exp)
             losses.append(learner.last_train_loss if method_cls.trains else None)
-            default_rule = type(method).predict is Method.predict  # then cached image features can be reused
+            default_rule = method_cls.uses_zero_shot_rule()  # then cached image features can be reused
             rows.append(learner.evaluate(None if default_rule else method.predict, step, method_cls.scores_unseen_classes))
             report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
             (on_experience or plugins.experience_end)(report)
@@ -147,8 +160,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             status="failed", error=f"{type(exc).__name__}: {exc}", failed_at_experience=step,
             traceback=traceback.format_exc(limit=20),
         )
-    buffer_summary = getattr(method, "buffer_summary", None)
-    record["buffer"] = buffer_summary() if buffer_summary else {"exemplars": 0, "bytes": 0}
+    record["buffer"] = method.buffer_summary() if method is not None else {"exemplars": 0, "bytes": 0}
+    record["memory"] = memory_record(_memory_summary(method, learner))
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
     if resumed_at is not None:
         record["cost"]["resumed_at_experience"] = resumed_at

@@ -49,7 +49,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
+import lazy_loader as lazy
+
+torch = lazy.load("torch")
 
 _SCALE = 1 << 30  # fixed-point unit of the systematic sampler: one exemplar = 2**30
 _ONE = 1.0 - 1e-8  # an inclusion probability at least this large is taken as 1

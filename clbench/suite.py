@@ -1,9 +1,10 @@
 """Suites: YAML -> a validated, frozen grid of cells.
 
 A suite names a model, training settings, streams, methods and seeds. A list
-under a method key is a grid axis. ``include:`` pulls in base suites (paths
-relative to the including file; this file's keys win). Every problem is a
-``UserError`` naming the file and the key, e.g.
+under a method key is a grid axis. Reading the file and merging its
+``include:`` files is clbench/suite_yaml.py's; this module validates the
+merged mapping against the registered plugins and expands it into cells.
+Every problem is a ``UserError`` naming the file and the key, e.g.
 ``suites/x.yaml: methods[1].lr: Input should be greater than 0``.
 """
 from __future__ import annotations
@@ -15,18 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from .config import looks_like_path as _looks_like_path
 from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, StreamPrompts, TrainConfig
+from .dataset_plugin import RUNTIME_OPTIONS, DatasetPlugin
 from .errors import UserError
-from .facts import StreamFacts, dataset_facts, stream_facts
+from .facts import StreamFacts, stream_facts
 from .metrics import METRICS
-from .registry import did_you_mean
+from .registry import did_you_mean, unknown_line
+from .suite_yaml import _deep_merge, load_raw, read_yaml
+
+__all__ = ["Cell", "Suite", "load_suite", "cell_id_of", "known_architectures", "RUNTIME_OPTIONS", "RESULTS_VERSION",
+           "TOP_KEYS", "METHOD_KEYS", "load_raw", "read_yaml"]
 
 TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor", "loggers")
-METHOD_KEYS = ("name", "train")
+METHOD_KEYS = ("name", "train", "streams")
 EXTENSION_PREFIX = "x-"
 
 
@@ -48,6 +53,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Suite:
+    """A validated suite: its cells (in grid order), report settings, executor and loggers."""
+
     name: str
     path: Path
     cells: tuple[Cell, ...]
@@ -57,24 +64,7 @@ class Suite:
     executor_options: Any = None  # the executor's validated Options (None: its defaults)
 
 
-#: dataset options that say where or how fast data is read, never what it is: not part of a cell's identity,
-#: so moving a dataset or changing worker counts never re-runs finished cells nor splits a leaderboard's rows
-#: or columns. A dataset plugin adds its own as ``factory.runtime_options = ("cache_dir", ...)``.
-RUNTIME_OPTIONS = ("root", "path", "download", "workers")
-
-
-def runtime_options_of(factory) -> set[str]:
-    """The option names of a dataset factory that only say where or how fast its data is read."""
-    return set(RUNTIME_OPTIONS) | set(getattr(factory, "runtime_options", ()))
-
-
-#: bumped whenever a change makes a record of the same suite entry mean something else (a metric's definition,
-#: a method's maths, a class order, the replay memory): it is part of every cell's config, so a results folder
-#: re-runs such cells instead of resuming them, and tables leave the older records out (aggregate.dedupe).
-#: 2: Mammoth's forgetting, per-anchor GCL, Sagawa's Group-DRO, dro_replay on er's objective, PyCIL's iCaRL
-#: distillation and NME, unbiased replay memories drawn without replacement, QuickGELU for OpenAI tags,
-#: seeded class orders for seed 1993.
-RESULTS_VERSION = 2
+from .results import RESULTS_VERSION  # noqa: E402  (re-exported: kept importable from here)
 
 
 def known_architectures() -> list[str]:
@@ -106,84 +96,6 @@ def cell_id_of(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# --- reading YAML -------------------------------------------------------------
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s meaning exactly, except that a key written twice in one mapping is an error.
-
-    Keys brought in by a merge key (``<<: *base``) may be overridden by a key written
-    beside it, as YAML's merge rule says; only keys written twice are refused.
-    """
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        if key_node.tag == _MERGE_TAG:
-            continue  # merged keys are the merge rule's to resolve (flatten_mapping), not duplicates
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: suite file not found")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise UserError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read YAML: {exc}") from None
-    if data is None:
-        raise UserError(f"{path}: the suite is empty; it needs at least 'streams' and 'methods'")
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a suite must be a mapping of keys (name, model, streams, methods, ...)")
-    return data
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
-    return out
-
-
-def load_raw(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
-    """The suite's mapping with every ``include:`` merged in."""
-    path = Path(path)
-    resolved = path.resolve()
-    if resolved in _stack:
-        raise UserError(f"{path}: include: circular include of {path.name}")
-    data = read_yaml(path)
-    includes = data.pop("include", [])
-    includes = [includes] if isinstance(includes, str) else includes
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise UserError(f"{path}: include: must be a file path or a list of file paths")
-    merged: dict = {}
-    for inc in includes:
-        inc_path = path.parent / inc
-        if not inc_path.is_file():
-            raise UserError(f"{path}: include: file '{inc}' not found (looked at {inc_path})")
-        base = load_raw(inc_path, _stack + (resolved,))
-        streams = merged.get("streams", []) + base.get("streams", []) if isinstance(merged.get("streams", []), list) and isinstance(base.get("streams", []), list) else base.get("streams")
-        merged = _deep_merge(merged, base)
-        if streams:
-            merged["streams"] = streams  # the streams of several included suites add up
-    return _deep_merge(merged, data)
-
-
 # --- validation ---------------------------------------------------------------
 
 def _validate(model: type[BaseModel], data: Any, file: Path, where: str) -> BaseModel:
@@ -196,18 +108,21 @@ def _validate(model: type[BaseModel], data: Any, file: Path, where: str) -> Base
         loc = ".".join(str(p) for p in err["loc"])
         key = f"{where}.{loc}" if loc else where
         if err["type"] == "extra_forbidden":
-            bad = str(err["loc"][-1])
-            raise UserError(f"{file}: {key}: unknown key{did_you_mean(bad, model.model_fields)}; known keys: {', '.join(model.model_fields)}") from None
+            raise UserError(_unknown_key(file, key, str(err["loc"][-1]), model.model_fields)) from None
         raise UserError(f"{file}: {key}: {err['msg']} (got {err.get('input')!r})") from None
     except TypeError as exc:
         raise UserError(f"{file}: {where}: {exc}") from None
 
 
+def _unknown_key(file: Path, at: str, key: str, allowed) -> str:
+    """``FILE: AT: unknown key (did you mean 'x'?); known keys: ...`` (AT is the key's full path)."""
+    return f"{file}: {at}: unknown key{did_you_mean(key, allowed)}; known keys: {', '.join(allowed)}"
+
+
 def _check_keys(data: dict, allowed, file: Path, where: str) -> None:
     for key in data:
         if key not in allowed:
-            prefix = f"{where}." if where else ""
-            raise UserError(f"{file}: {prefix}{key}: unknown key{did_you_mean(key, allowed)}; known keys: {', '.join(allowed)}")
+            raise UserError(_unknown_key(file, f"{where}.{key}" if where else str(key), key, allowed))
 
 
 def _expand(entry: dict) -> list[dict]:
@@ -242,21 +157,21 @@ def _label(name: str, point: dict) -> str:
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
-def _check_naming(cfg: StreamConfig, factory, options: dict, n_classes: int | None, file: Path, where: str) -> None:
+def _check_naming(cfg: StreamConfig, plugin: type[DatasetPlugin], options: dict, n_classes: int | None, file: Path,
+                  where: str) -> None:
     """The stream's class order and prompts against what its dataset offers, known without reading the data.
 
-    A factory declares its published orders as ``class_orders(options) -> names`` and raw class
-    names as ``offers_raw_names = True``; a factory that declares nothing offers ``seeded`` only.
+    A dataset plugin declares its published orders in ``class_orders(options)`` and raw class
+    names as ``offers_raw_names = True``; by default it offers ``seeded`` and the clip names only.
     """
     order = cfg.class_order
     if isinstance(order, str) and order != StreamConfig.SEEDED_ORDER:
-        declared = getattr(factory, "class_orders", None)
-        known = [StreamConfig.SEEDED_ORDER, *(declared(options) if declared else ())]
+        known = [StreamConfig.SEEDED_ORDER, *plugin.class_orders(options)]
         if order not in known:
             raise UserError(f"{file}: {where}.class_order: dataset '{cfg.dataset}' has no order '{order}'{did_you_mean(order, known)}; known: {', '.join(known)}")
     if isinstance(order, list) and n_classes is not None and sorted(order) != list(range(n_classes)):
         raise UserError(f"{file}: {where}.class_order: must be a permutation of 0..{n_classes - 1} for dataset '{cfg.dataset}'")
-    if cfg.prompts and cfg.prompts.class_names == "raw" and not getattr(factory, "offers_raw_names", False):
+    if cfg.prompts and cfg.prompts.class_names == "raw" and not plugin.offers_raw_names:
         raise UserError(f"{file}: {where}.prompts.class_names: dataset '{cfg.dataset}' offers no raw class names; use clip")
 
 
@@ -307,25 +222,23 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
             _validate(StreamPrompts, entry["prompts"], file, f"{where}.prompts")  # its own keys in its errors
         cfg = _validate(StreamConfig, entry, file, where)
         if cfg.dataset not in plugins.datasets:
-            raise UserError(f"{file}: {where}.dataset: unknown dataset '{cfg.dataset}'{did_you_mean(cfg.dataset, plugins.datasets.names())}; known: {', '.join(plugins.datasets.names())}")
-        factory = plugins.datasets.get(cfg.dataset)
+            raise UserError(f"{file}: {where}.dataset: {unknown_line('dataset', cfg.dataset, plugins.datasets.names())}")
+        plugin: type[DatasetPlugin] = plugins.datasets.get(cfg.dataset)
         options = dict(cfg.model_extra or {})
-        options_model = getattr(factory, "Options", None)
-        if options_model is not None:
-            unknown = [k for k in options if k not in options_model.model_fields]
-            if unknown:
-                allowed = sorted(STREAM_KEYS | set(options_model.model_fields))
-                raise UserError(f"{file}: {where}.{unknown[0]}: unknown key{did_you_mean(unknown[0], allowed)}; known keys: {', '.join(allowed)}")
-            options = _validate(options_model, options, file, where).model_dump(mode="json")
+        unknown = [k for k in options if k not in plugin.Options.model_fields]
+        if unknown:
+            allowed = sorted(STREAM_KEYS | set(plugin.Options.model_fields))
+            raise UserError(_unknown_key(file, f"{where}.{unknown[0]}", unknown[0], allowed))
+        options = _validate(plugin.Options, options, file, where).model_dump(mode="json")
         resolved = cfg.model_dump(mode="json", exclude={"name"})
         resolved = {k: v for k, v in resolved.items() if k in STREAM_KEYS}
         _validate(TrainConfig, _deep_merge(train, resolved.get("train") or {}), file, f"{where}.train")
-        runtime = runtime_options_of(factory)
+        runtime = plugin.runtime_option_names()
         resolved["options"] = {k: v for k, v in options.items() if k not in runtime}
         resolved["runtime_options"] = {k: v for k, v in options.items() if k in runtime}
         if cfg.scenario == "class_incremental" and resolved["steps"] is None:
             resolved["steps"] = 1
-        facts = dataset_facts(factory, options)  # what the dataset knows without reading its data
+        facts = plugin.facts(options)  # what the dataset knows without reading its data
         n_classes = facts.num_classes
         if n_classes is not None:
             usable = n_classes - cfg.holdout_classes
@@ -333,7 +246,7 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
                 raise UserError(f"{file}: {where}.holdout_classes: {cfg.holdout_classes} leaves no class of the {n_classes} for the stream")
             if cfg.scenario == "class_incremental" and resolved["steps"] > usable:
                 raise UserError(f"{file}: {where}.steps: {resolved['steps']} steps but the stream has only {usable} classes; use at most {usable}")
-        _check_naming(cfg, factory, options, n_classes, file, where)
+        _check_naming(cfg, plugin, options, n_classes, file, where)
         _check_domains(cfg, facts, file, where)
         resolved = _resolved_naming(resolved)
         label = cfg.name or (f"{cfg.dataset}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{cfg.dataset}-di")
@@ -347,8 +260,9 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
     return out
 
 
-def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict, str]]:
-    """(name, variant label, params, the entry's own train overrides, where) for every method grid point."""
+def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict, str, list | None]]:
+    """(name, variant label, params, the entry's own train overrides, where, the stream labels it is limited to or None)
+    for every method grid point."""
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{file}: methods: must be a non-empty list of methods")
     out = []
@@ -360,9 +274,13 @@ def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict
             raise UserError(f"{file}: {where}: a method is a name or a mapping with a 'name' key")
         name = entry["name"]
         if name not in plugins.methods:
-            raise UserError(f"{file}: {where}.name: unknown method '{name}'{did_you_mean(name, plugins.methods.names())}; known: {', '.join(plugins.methods.names())}")
+            raise UserError(f"{file}: {where}.name: {unknown_line('method', name, plugins.methods.names())}")
         method_cls = plugins.methods.get(name)
         _check_keys(entry, METHOD_KEYS + tuple(method_cls.Params.model_fields), file, where)
+        entry = dict(entry)
+        only = entry.pop("streams", None)  # limits the entry to these streams; never a grid axis
+        if only is not None and (not isinstance(only, list) or not only or not all(isinstance(s, str) for s in only)):
+            raise UserError(f"{file}: {where}.streams: must be a non-empty list of stream labels (their 'name' keys)")
         for key, value in entry.items():
             if value == [] or (isinstance(value, dict) and any(v == [] for v in value.values())):
                 raise UserError(f"{file}: {where}.{key}: an empty list makes an empty grid; give at least one value")
@@ -371,7 +289,7 @@ def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict
             resolved_params = _validate(method_cls.Params, params, file, where).model_dump(mode="json")
             own_train = point.get("train", {}) or {}
             _validate(TrainConfig, _deep_merge(train, own_train), file, f"{where}.train")
-            out.append((name, _label(name, point), resolved_params, own_train, where))
+            out.append((name, _label(name, point), resolved_params, own_train, where, only))
     return out
 
 
@@ -395,8 +313,7 @@ def _executor(raw: Any, file: Path, plugins) -> tuple[str, Any]:
     else:
         name, options = raw, {}
     if not isinstance(name, str) or name not in plugins.executors:
-        known = plugins.executors.names()
-        raise UserError(f"{file}: executor: unknown executor '{name}'{did_you_mean(str(name), known)}; known: {', '.join(known)}")
+        raise UserError(f"{file}: executor: {unknown_line('executor', name, plugins.executors.names())}")
     model = getattr(plugins.executors.get(name), "Options", None)
     if model is None:
         if options:
@@ -406,7 +323,10 @@ def _executor(raw: Any, file: Path, plugins) -> tuple[str, Any]:
 
 
 def load_suite(path, plugins=None) -> Suite:
-    """Read, validate and expand a suite file into its cells."""
+    """Read, validate and expand a suite file into its cells (``plugins``: a ``clbench.plugins.Plugins``, default the process's).
+
+    Raises UserError naming the file and the key for anything the suite gets wrong, before any data is read.
+    """
     from .plugins import get_plugins
 
     plugins = plugins or get_plugins()
@@ -418,8 +338,19 @@ def load_suite(path, plugins=None) -> Suite:
     name = raw.get("name", file.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise UserError(f"{file}: name: must be a non-empty string without '/'")
-    model = _validate(ModelConfig, raw.get("model", {}) or {}, file, "model").model_dump(mode="json")
+    raw_model = raw.get("model", {}) or {}
+    if isinstance(raw_model, dict) and isinstance(raw_model.get("adapter"), dict):  # its own keys in its errors
+        from .config import AdapterConfig
+
+        _validate(AdapterConfig, raw_model["adapter"], file, "model.adapter")
+    model = _validate(ModelConfig, raw_model, file, "model").resolved()  # no adapter key without adapters: ids stay
     _check_arch(model["arch"], file)
+    if model.get("adapter"):  # what is known without building the model: peft installed, the layers' names
+        from .adapters import adapter_problem
+
+        problem = adapter_problem(model["arch"], model["adapter"])
+        if problem:
+            raise UserError(f"{file}: {problem[0]}: {problem[1]}")
     pretrained = model.get("pretrained")
     if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
         raise UserError(f"{file}: model.pretrained: checkpoint file '{pretrained}' not found; put the weights there or fix the path")
@@ -428,14 +359,14 @@ def load_suite(path, plugins=None) -> Suite:
     report = _validate(ReportConfig, raw.get("report", {}) or {}, file, "report")
     bad = next((m for m in report.metrics if m not in METRICS), None)
     if bad:
-        raise UserError(f"{file}: report.metrics: unknown metric '{bad}'{did_you_mean(bad, METRICS)}; known: {', '.join(METRICS)}")
+        raise UserError(f"{file}: report.metrics: {unknown_line('metric', bad, METRICS)}")
     executor, executor_options = _executor(raw.get("executor", "local"), file, plugins)
     loggers = raw.get("loggers", []) or []
     if not isinstance(loggers, list) or not all(isinstance(x, str) for x in loggers):
         raise UserError(f"{file}: loggers: must be a list of logger names, e.g. [csv, tensorboard]")
     for name in loggers:
         if name not in plugins.loggers:
-            raise UserError(f"{file}: loggers: unknown logger '{name}'{did_you_mean(name, plugins.loggers.names())}; known: {', '.join(plugins.loggers.names())}")
+            raise UserError(f"{file}: loggers: {unknown_line('logger', name, plugins.loggers.names())}")
     if "streams" not in raw or "methods" not in raw:
         missing = "streams" if "streams" not in raw else "methods"
         raise UserError(f"{file}: {missing}: missing; a suite needs 'streams' and 'methods'")
@@ -443,8 +374,15 @@ def load_suite(path, plugins=None) -> Suite:
     methods = _methods(raw["methods"], file, plugins, train_raw)
     seeds = _seeds(raw.get("seeds", [0]), file)
 
+    labels = [label for label, _, _ in streams]
+    for *_, where, only in methods:
+        bad = next((s for s in only or () if s not in labels), None)
+        if bad is not None:
+            raise UserError(f"{file}: {where}.streams: {unknown_line('stream', bad, labels)}")
     cells, ids, checked = [], set(), set()
-    for (label, stream, facts), (method, variant, params, method_train, where), seed in itertools.product(streams, methods, seeds):
+    for (label, stream, facts), (method, variant, params, method_train, where, only), seed in itertools.product(streams, methods, seeds):
+        if only is not None and label not in only:
+            continue
         stream = dict(stream)
         stream_train = stream.pop("train", None) or {}
         # suite defaults < the stream's overrides < the method entry's overrides
@@ -452,6 +390,9 @@ def load_suite(path, plugins=None) -> Suite:
         if (label, variant) not in checked:  # the method's ranges that depend on the stream (template, memory, ...)
             checked.add((label, variant))
             method_cls = plugins.methods.get(method)
+            if facts.scenario not in method_cls.scenarios:
+                raise UserError(f"{file}: {where}.name: method '{method}' is built for {' and '.join(method_cls.scenarios)} "
+                                f"streams, not stream '{label}' ({facts.scenario}); pair it with another stream")
             problems = method_cls.check(method_cls.Params(**params), facts, train_cfg)
             if problems:
                 key, problem = next(iter(problems.items()))

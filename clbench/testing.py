@@ -10,16 +10,19 @@ A plugin author's test can be as short as::
         assert record["status"] == "done"
 
 The same helpers are pytest fixtures (``clbench_run_method``, ``clbench_tiny_suite``)
-once clbench is installed, through the ``pytest11`` entry point.
+once clbench is installed, through the ``pytest11`` entry point. Importing this
+module (as pytest does in every session once clbench is installed) changes no
+environment variable and imports no torch: only a helper that runs a cell does,
+and it sets ``HF_HUB_OFFLINE=1`` for that run only.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import yaml
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a download in a test
 
 TINY_MODEL = {"arch": "clbench-tiny-32", "pretrained": None}
 TINY_TRAIN = {"epochs": 1, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0}
@@ -29,8 +32,28 @@ TINY_STREAM = {
 }
 
 
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` while the block runs, unless the caller set that variable; restored afterwards.
+
+    A test then never waits on a download (a failed one retries for about 50 s).
+    """
+    if "HF_HUB_OFFLINE" in os.environ:
+        yield
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+
+
 def tiny_suite(methods, seeds=(0,), streams=None, name: str = "tiny", **extra) -> dict:
-    """A suite mapping that runs in seconds on a CPU."""
+    """A suite mapping that runs in seconds on a CPU: the tiny random-init model, ``TINY_TRAIN`` and ``TINY_STREAM``.
+
+    ``methods``: suite method entries (names or mappings); ``seeds``, ``streams`` (default
+    ``[TINY_STREAM]``) and ``name`` as the suite keys; ``extra``: any other top-level keys.
+    """
     suite = {
         "name": name, "model": dict(TINY_MODEL), "train": dict(TINY_TRAIN),
         "streams": streams or [dict(TINY_STREAM)], "methods": list(methods), "seeds": list(seeds),
@@ -40,6 +63,7 @@ def tiny_suite(methods, seeds=(0,), streams=None, name: str = "tiny", **extra) -
 
 
 def write_suite(path, suite: dict) -> Path:
+    """Write the ``suite`` mapping as YAML to ``path``; returns the path."""
     path = Path(path)
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
@@ -48,7 +72,11 @@ def write_suite(path, suite: dict) -> Path:
 def run_method(method_cls, params: dict | None = None, seed: int = 0, stream: dict | None = None, plugins=None, train: dict | None = None) -> dict:
     """Run ``method_cls`` (registered or not) on the tiny stream; return its record.
 
-    ``train`` overrides keys of the tiny training settings (e.g. ``{"epochs": 5}``).
+    ``params``: the method's hyper-parameters (as a suite entry gives them); ``stream``: a stream
+    mapping instead of ``TINY_STREAM``; ``plugins``: a ``clbench.plugins.Plugins`` to register the
+    method in (default: a fresh one); ``train`` overrides keys of the tiny training settings
+    (e.g. ``{"epochs": 5}``). The cell runs with ``HF_HUB_OFFLINE=1`` (see :func:`hub_offline`).
+    A method that fails gives a record with ``status: failed``; bad ``params`` raise ``UserError``.
     """
     import tempfile
 
@@ -63,4 +91,5 @@ def run_method(method_cls, params: dict | None = None, seed: int = 0, stream: di
     suite["train"].update(train or {})
     with tempfile.TemporaryDirectory() as tmp:
         cells = load_suite(write_suite(Path(tmp) / "suite.yaml", suite), plugins).cells
-    return run_cell(cells[0], plugins)
+    with hub_offline():
+        return run_cell(cells[0], plugins)

@@ -9,20 +9,25 @@ split into per-class parts; only the weights of those parts differ from er:
   Σ_c q_c·L_c with q over every seen class;
 - ``update: uniform``: every weight 1, i.e. exactly er (the ablation).
 
-See clbench/dro.py for the formulas. The record's ``method_state.class_weights``
+See dro.py next to this file for the formulas. The record's ``method_state.class_weights``
 holds, per experience, each class's weight as applied in training: the mean
 over the steps whose batch held the class (p_c for kl, q_c for eg, 1 for
 uniform), with the number of those steps.
 """
+from __future__ import annotations
+
 from typing import Literal
 
-import torch
+import lazy_loader as lazy
 from pydantic import Field
 
 from clbench import hookimpl
-from clbench.dro import GroupDRO, KLDRO
-from clbench.losses import batch_classes, clip_objective, clip_objective_by_class
 from clbench.replay import ReplayMethod, ReplayParams
+
+from .dro import GroupDRO, KLDRO
+from .objective import objective, objective_by_class
+
+torch = lazy.load("torch")
 
 FORMULAS = {
     "kl": "kl-dro: weight exp(L_c/lam)/u on class c's part of er's loss, u a moving average (LibAUC)",
@@ -56,14 +61,14 @@ class DROReplay(ReplayMethod):
         if self.params.update == "eg":
             self.eg.add_classes(self.learner.stream.seen(exp.index))
 
-    def loss(self, images, labels, exp):
+    def loss(self, batch):
         p, learner = self.params, self.learner
         if p.update == "uniform":
-            loss = clip_objective(learner, images, labels, exp, p.loss, p.template)
-            classes = torch.tensor(batch_classes(learner, labels), device=labels.device)
-            self._track(classes, torch.ones(len(classes), device=labels.device))
+            loss = objective(learner, batch, p.loss, p.template)
+            classes = torch.tensor(batch.classes, device=batch.labels.device)
+            self._track(classes, torch.ones(len(classes), device=batch.labels.device))
             return loss
-        terms = clip_objective_by_class(learner, images, labels, exp, p.loss, p.template)
+        terms = objective_by_class(learner, batch, p.loss, p.template)
         if p.update == "eg":
             loss, weights = self.eg.loss(terms.classes, terms.mean)
         else:

@@ -4,14 +4,16 @@
 batch's images and their class prompts; ``loss: ce`` is cross-entropy over
 the seen classes' prompt similarities. Both towers train unless frozen.
 """
+from __future__ import annotations
+
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from clbench import Method, Params, hookimpl
 from clbench.facts import template_problem
-from clbench.losses import clip_objective
+
+from .objective import objective
 
 
 class FinetuneParams(Params):
@@ -31,12 +33,10 @@ class Finetune(Method):
 
     def before_experience(self, exp) -> None:
         if self.params.freeze_text:
-            for n, p in self.learner.model.named_parameters():
-                if not n.startswith("visual."):
-                    p.requires_grad_(False)
+            self.learner.freeze("text")
 
-    def loss(self, images, labels, exp) -> torch.Tensor:
-        return clip_objective(self.learner, images, labels, exp, self.params.loss, self.params.template, not self.params.freeze_text)
+    def loss(self, batch):
+        return objective(self.learner, batch, self.params.loss, self.params.template, not self.params.freeze_text)
 
 
 @hookimpl

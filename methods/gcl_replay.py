@@ -4,14 +4,19 @@ Image anchors are contrasted with every seen class prompt; each (image, its
 class prompt) pair is a text anchor contrasted with the images of other
 classes through its own moving-average estimator (γ = ``gamma``), indexed by
 the image's dataset id, as SogCLR / LibAUC's bimodal GCL do. See
-clbench/gcl.py for the formulas.
+gcl.py next to this file for the formulas.
 """
-import torch
+from __future__ import annotations
+
+import lazy_loader as lazy
 from pydantic import Field
 
 from clbench import hookimpl
-from clbench.gcl import GlobalContrastive
 from clbench.replay import ReplayMethod, ReplayParams
+
+from .gcl import GlobalContrastive
+
+torch = lazy.load("torch")
 
 
 class GCLParams(ReplayParams):
@@ -26,15 +31,15 @@ class GCLReplay(ReplayMethod):
         super().__init__(params, learner)
         self.objective = GlobalContrastive(len(learner.dataset.train), params.gamma, learner.device)
 
-    def loss(self, images, labels, exp):
+    def loss(self, batch):
         learner = self.learner
-        seen = learner.stream.seen(exp.index)
+        seen = learner.stream.seen(batch.exp.index)
         text = learner.class_features(seen, template=self.params.template, grad=True)
-        seen_t = torch.tensor(seen, device=labels.device)
-        if learner.batch_ids is None:
+        seen_t = torch.tensor(seen, device=batch.labels.device)
+        if batch.ids is None:
             raise RuntimeError("gcl_replay needs each image's dataset id: the dataset plugin's image sets must carry "
                                "'ids' through subset/concat like labels (clbench.data.base.ImageSet)")
-        return self.objective.loss(learner.encode_images(images), labels, learner.batch_ids, text, seen_t, learner.logit_scale)
+        return self.objective.loss(learner.encode_images(batch.images), batch.labels, batch.ids, text, seen_t, learner.logit_scale)
 
     def state_dict(self):
         return {**super().state_dict(), "gcl": self.objective.state_dict()}

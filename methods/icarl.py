@@ -13,14 +13,18 @@ exemplars have no prototype and are never predicted; the classifier cannot
 score upcoming classes, so test sets of upcoming experiences are not evaluated
 and ``fwt`` is null (scoring them by image–text cosine would mix two scales).
 """
-import torch
-import torch.nn.functional as F
+from __future__ import annotations
+
+import lazy_loader as lazy
 from pydantic import Field, field_validator
 
 from clbench import hookimpl
 from clbench.buffer import BufferSpec
 from clbench.losses import cross_entropy_loss
+from clbench.memory import nbytes
 from clbench.replay import ReplayMethod, ReplayParams
+
+torch = lazy.load("torch")
 
 
 class ICaRLParams(ReplayParams):
@@ -47,30 +51,29 @@ class ICaRL(ReplayMethod):
         self.previous = None
         self.old_classes: list[int] = []
         self.prototypes: dict[int, torch.Tensor] = {}
+        self.teacher_bytes = 0
 
     def before_experience(self, exp):
         if exp.index == 0:
             return
         learner = self.learner
         self.previous = learner.snapshot()
+        self.teacher_bytes = max(self.teacher_bytes, self.previous.nbytes)  # held while training each experience after the first
         self.old_classes = learner.stream.seen(exp.index - 1)
-        with torch.no_grad(), learner.autocast():
-            tokens = learner.clip.tokenizer([learner.dataset.templates[self.params.template].format(learner.dataset.class_names[c]) for c in self.old_classes])
-            self.previous_text = F.normalize(self.previous.encode_text(tokens.to(learner.device)).float(), dim=-1)
+        self.previous_text = self.previous.class_features(self.old_classes, template=self.params.template)
 
-    def loss(self, images, labels, exp):
-        learner = self.learner
-        seen = learner.stream.seen(exp.index)
+    def loss(self, batch):
+        learner, labels = self.learner, batch.labels
+        seen = learner.stream.seen(batch.exp.index)
         text = learner.class_features(seen, template=self.params.template, grad=True)
-        features = learner.encode_images(images)
+        features = learner.encode_images(batch.images)
         seen_t = torch.tensor(seen, device=labels.device)
         loss = cross_entropy_loss(features, labels, text, seen_t, learner.logit_scale)
         if self.previous is None or not self.params.distill_weight:
             return loss
         T = self.params.temperature
-        with torch.no_grad():
-            old_features = F.normalize(self.previous.encode_image(images).float(), dim=-1)
-            target = self.previous.logit_scale.exp().clamp(max=100) * old_features @ self.previous_text.t()
+        old_features = self.previous.encode_images(batch.images)
+        target = self.previous.logit_scale * old_features @ self.previous_text.t()
         current = learner.logit_scale * features @ text[: len(self.old_classes)].t()  # seen() lists old classes first
         distill = soft_cross_entropy(current / T, target / T) * (T * T if self.params.distill_t_squared else 1.0)
         return loss + self.params.distill_weight * distill
@@ -84,7 +87,7 @@ class ICaRL(ReplayMethod):
             feats = learner.features(self.buffer.data)
             labels = self.buffer.data.labels.to(feats.device)
             for c in labels.unique().tolist():
-                self.prototypes[c] = F.normalize(feats[labels == c].mean(0), dim=0)
+                self.prototypes[c] = torch.nn.functional.normalize(feats[labels == c].mean(0), dim=0)
 
     def predict(self, images, classes):
         """Cosine to each class's prototype (B, len(classes)); −inf for a class without exemplars."""
@@ -97,12 +100,16 @@ class ICaRL(ReplayMethod):
         scores = features @ protos.t()
         return scores.nan_to_num(nan=float("-inf"))
 
+    def memory_summary(self):
+        return {**super().memory_summary(), "frozen_models": self.teacher_bytes, "prototypes": nbytes(self.prototypes)}
+
     def state_dict(self):
-        return {**super().state_dict(), "prototypes": dict(self.prototypes)}
+        return {**super().state_dict(), "prototypes": dict(self.prototypes), "teacher_bytes": self.teacher_bytes}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.prototypes = {int(c): v.to(self.learner.device) for c, v in state["prototypes"].items()}
+        self.teacher_bytes = int(state.get("teacher_bytes", 0))
 
     def record_extras(self):
         return {"prototypes": len(self.prototypes), "distill_weight": self.params.distill_weight,
@@ -112,7 +119,7 @@ class ICaRL(ReplayMethod):
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
     """−Σ_c softmax(target)_c · log softmax(logits)_c, averaged over the batch; (B, C) inputs, scalar out."""
-    return -(F.softmax(target_logits, 1) * F.log_softmax(logits, 1)).sum(1).mean()
+    return -(torch.nn.functional.softmax(target_logits, 1) * torch.nn.functional.log_softmax(logits, 1)).sum(1).mean()
 
 
 @hookimpl

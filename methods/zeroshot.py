@@ -3,6 +3,8 @@
 Prediction is the argmax over the seen classes of the scaled cosine
 similarity to each class's prompt ensemble (the Learner's default rule).
 """
+from __future__ import annotations
+
 from clbench import Method, hookimpl
 
 

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +15,9 @@ COST_KEYS = {"wall_s", "train_img_per_s", "eval_img_per_s", "peak_rss_mb", "peak
 MANIFEST_KEYS = {"clbench_version", "git_commit", "packages", "device", "created"}
 
 
-def cli(capsys, *args):
+def cli(capsys, *args, plugins=None):
     with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
+        main([str(a) for a in args], plugins=plugins)
     out, err = capsys.readouterr()
     return info.value.code, out, err
 
@@ -102,22 +103,18 @@ def test_a_crashing_cell_is_recorded_as_failed_and_the_grid_goes_on(tmp_path, ca
 
     plugins = plugins_module.Plugins(plugins_module.make_plugin_manager())
     plugins.pm.register(Plugin())
-    plugins_module._default = plugins
-    try:
-        path = write_suite(tmp_path / "s.yaml", tiny_suite(["exploding", "zeroshot"]))
-        code, out, err = cli(capsys, "run", path, "--results", tmp_path / "out")
-        assert code == 1 and "1 cell(s) failed" in err
-        records = {r["method"]: r for r in map(json.loads, map(lambda p: p.read_text(), (tmp_path / "out" / "records").glob("*.json")))}
-        assert records["exploding"]["status"] == "failed" and records["exploding"]["error"] == "RuntimeError: boom"
-        assert records["exploding"]["failed_at_experience"] == 1 and len(records["exploding"]["acc_matrix"]) == 1
-        assert records["zeroshot"]["status"] == "done"
-        # a rerun leaves the failed cell alone unless asked
-        code, _, err = cli(capsys, "run", path, "--results", tmp_path / "out")
-        assert "0 to run" in err and code == 1
-        code, _, err = cli(capsys, "run", path, "--results", tmp_path / "out", "--retry-failed")
-        assert "1 to run" in err
-    finally:
-        plugins_module.reset_plugins()
+    path = write_suite(tmp_path / "s.yaml", tiny_suite(["exploding", "zeroshot"]))
+    code, out, err = cli(capsys, "run", path, "--results", tmp_path / "out", plugins=plugins)
+    assert code == 1 and "1 cell(s) failed" in err
+    records = {r["method"]: r for r in map(json.loads, map(lambda p: p.read_text(), (tmp_path / "out" / "records").glob("*.json")))}
+    assert records["exploding"]["status"] == "failed" and records["exploding"]["error"] == "RuntimeError: boom"
+    assert records["exploding"]["failed_at_experience"] == 1 and len(records["exploding"]["acc_matrix"]) == 1
+    assert records["zeroshot"]["status"] == "done"
+    # a rerun leaves the failed cell alone unless asked
+    code, _, err = cli(capsys, "run", path, "--results", tmp_path / "out", plugins=plugins)
+    assert "0 to run" in err and code == 1
+    code, _, err = cli(capsys, "run", path, "--results", tmp_path / "out", "--retry-failed", plugins=plugins)
+    assert "1 to run" in err
 
 
 def test_table_show_plot_list(tmp_path, capsys, suite_file):
@@ -149,3 +146,80 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "clbench.cli", "validate", str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == f"error: {path}: seeds: seed 1 is listed twice; each seed once\n"
+
+
+# --- an instant command line: no torch, no open_clip --------------------------------------------------------------
+
+#: runs clbench's CLI with the given arguments, then prints which heavy modules were really imported
+#: (lazy_loader puts a stub in sys.modules that imports nothing until first used: that does not count)
+LOADED = """
+import json, sys
+from clbench.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+really = lambda name: type(sys.modules.get(name)).__name__ not in ("NoneType", "_LazyModule")
+print(json.dumps({"code": code, "loaded": [m for m in ("torch", "open_clip") if really(m)]}))
+"""
+
+
+def loaded_by(*args) -> list[str]:
+    """The heavy modules ``clbench ARGS`` imports, run in a fresh interpreter; asserts it exits 0."""
+    done = subprocess.run([sys.executable, "-c", LOADED, *map(str, args)], capture_output=True, text=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, done.stderr
+    return result["loaded"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A suite file and its results folder with every cell done (one zeroshot cell)."""
+    from clbench import run_suite
+
+    folder = tmp_path_factory.mktemp("instant")
+    path = write_suite(folder / "suite.yaml", tiny_suite(["zeroshot"]))
+    summary = run_suite(path, folder / "out", progress=False)
+    assert summary.ok and len(summary.records) == 1
+    return path, folder / "out", summary.records[0]["cell_id"]
+
+
+def test_help_table_show_plot_import_no_torch(finished):
+    _, out, cell_id = finished
+    for args in (["--help"], ["table", out], ["show", out / cell_id], ["plot", out, "--no-heatmaps"]):
+        assert loaded_by(*args) == [], args
+
+
+def test_validate_list_and_a_run_with_nothing_to_do_build_no_model(finished):
+    suite, out, _ = finished
+    for args in (["validate", suite], ["list", "methods"], ["run", suite, "--results", out]):
+        assert "open_clip" not in loaded_by(*args), args
+
+
+def test_validate_list_and_a_run_with_nothing_to_do_import_no_torch(finished):
+    suite, out, _ = finished
+    paper = Path(__file__).parent.parent / "suites" / "paper.yaml"  # every built-in method, ImageNet and DomainNet
+    for args in (["validate", suite], ["validate", paper], ["list", "methods"], ["list", "datasets"],
+                 ["run", suite, "--results", out]):
+        assert loaded_by(*args) == [], args
+
+
+def test_main_takes_the_plugins_to_use(tmp_path, capsys, plugins):
+    class Shy(Method):
+        """Zero-shot under another name, known only to the plugins given to main."""
+
+        name = "shy"
+
+    class Plugin:
+        @hookimpl
+        def clbench_add_methods(self, register):
+            register(Shy)
+
+    plugins.pm.register(Plugin())
+    path = write_suite(tmp_path / "s.yaml", tiny_suite(["shy"]))
+    code, out, _ = cli(capsys, "validate", path, plugins=plugins)
+    assert code == 0 and "1 cells" in out
+    code, out, _ = cli(capsys, "list", "methods", plugins=plugins)
+    assert code == 0 and any(line.startswith("shy ") for line in out.splitlines())
+    code, _, err = cli(capsys, "validate", path)  # the process's plugins know no 'shy'
+    assert code == 2 and "unknown method 'shy'" in err

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clbench.dro import GroupDRO, KLDRO
-from clbench.losses import clip_objective, clip_objective_by_class
+from clbench import Batch
+from clbench_methods.dro import GroupDRO, KLDRO
+from clbench_methods.objective import objective, objective_by_class
 from clbench.testing import run_method
 
 L = torch.tensor([0.5, 2.0, 1.0, 3.5])
@@ -112,7 +113,7 @@ def stub_learner(seen, batch_labels):
     torch.manual_seed(0)
     text = F.normalize(torch.randn(10, 4), dim=1)
     return SimpleNamespace(
-        batch_classes=torch.tensor(batch_labels).unique(), logit_scale=torch.tensor(3.0),
+        logit_scale=torch.tensor(3.0),
         class_features=lambda classes, template=0, grad=False: text[torch.tensor(classes)],
         encode_images=lambda x: F.normalize(x, dim=1), stream=SimpleNamespace(seen=lambda t: seen),
     )
@@ -126,9 +127,9 @@ def test_class_shares_add_up_to_ers_loss_value_and_gradient(loss):
     x_a, x_b = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
     exp = SimpleNamespace(index=1)
     y = torch.tensor(labels)
-    terms = clip_objective_by_class(learner, x_a, y, exp, loss)
+    terms = objective_by_class(learner, Batch(x_a, y, [1, 4, 7], exp), loss)
     assert terms.classes.tolist() == [1, 4, 7]
-    whole = clip_objective(learner, x_b, y, exp, loss)
+    whole = objective(learner, Batch(x_b, y, [1, 4, 7], exp), loss)
     assert terms.share.sum().item() == pytest.approx(whole.item(), rel=1e-6)
     terms.share.sum().backward()
     whole.backward()
@@ -140,7 +141,7 @@ def test_class_mean_loss_by_hand_for_ce():
     learner = stub_learner([1, 4], [4, 1, 4])
     learner.class_features = lambda classes, template=0, grad=False: torch.eye(2)[: len(classes)]
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # s = 3·cos: rows (3, 0), (0, 3), (0, 3)
-    terms = clip_objective_by_class(learner, x, torch.tensor([4, 1, 4]), SimpleNamespace(index=1), "ce")
+    terms = objective_by_class(learner, Batch(x, torch.tensor([4, 1, 4]), [1, 4], SimpleNamespace(index=1)), "ce")
     right, wrong = math.log(1 + math.exp(-3)), math.log(1 + math.exp(3))  # label 4 is column 1
     # image 0 (label 4, scores (3, 0)): wrong; image 1 (label 1, (0, 3)): wrong; image 2 (label 4, (0, 3)): right
     assert terms.mean.tolist() == pytest.approx([wrong, (wrong + right) / 2], rel=1e-6)

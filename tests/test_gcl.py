@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clbench.gcl import GlobalContrastive
+from clbench_methods.gcl import GlobalContrastive
 from clbench.losses import positions
 
 
@@ -105,7 +105,7 @@ def test_a_plugin_image_set_without_ids_trains_everything_but_gcl_which_says_why
     """A dataset plugin's own ImageSet written to the base API before ids existed."""
     from pathlib import Path
 
-    from clbench import hookimpl
+    from clbench import DatasetPlugin, hookimpl
     from clbench.data.base import Dataset, ImageSet
     from clbench.plugins import Plugins, make_plugin_manager
     from clbench.runner import run_cell
@@ -130,14 +130,18 @@ def test_a_plugin_image_set_without_ids_trains_everything_but_gcl_which_says_why
         def stored_bytes(self):
             return 8 * len(self)
 
-    def build(**options):
-        labels = torch.arange(4).repeat_interleave(6)
-        return Dataset("plain", ["red", "green", "blue", "grey"], ["a {} square"], PlainSet(labels), PlainSet(labels[::2]))
+    class Plain(DatasetPlugin):
+        name = "plain"
+
+        @classmethod
+        def build(cls, options):
+            labels = torch.arange(4).repeat_interleave(6)
+            return Dataset("plain", ["red", "green", "blue", "grey"], ["a {} square"], PlainSet(labels), PlainSet(labels[::2]))
 
     class Plugin:
         @hookimpl
         def clbench_add_datasets(self, register):
-            register("plain", build)
+            register(Plain)
 
     pm = make_plugin_manager()
     pm.register(Plugin())

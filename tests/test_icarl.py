@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clbench import Batch
 from clbench_methods.icarl import ICaRL, ICaRLParams, soft_cross_entropy
 
 
@@ -24,14 +25,14 @@ def fake_icarl(**params):
         encode_images=lambda x: F.normalize(x, dim=1), logit_scale=torch.tensor(10.0),
         stream=SimpleNamespace(seen=lambda t: [0, 1, 2][: 2 + t]),
     )
-    previous = SimpleNamespace(encode_image=lambda x: x.flip(1), logit_scale=torch.tensor(math.log(10.0)))
+    previous = SimpleNamespace(encode_images=lambda x: F.normalize(x.flip(1), dim=1), logit_scale=torch.tensor(10.0))
     return SimpleNamespace(params=ICaRLParams(**params), learner=learner, previous=previous,
                            previous_text=text[:2], old_classes=[0, 1])
 
 
 def gradient(method, images, labels):
     x = images.clone().requires_grad_(True)
-    ICaRL.loss(method, x, labels, SimpleNamespace(index=1)).backward()
+    ICaRL.loss(method, Batch(x, labels, sorted(set(labels.tolist())), SimpleNamespace(index=1))).backward()
     return x.grad
 
 

@@ -165,24 +165,28 @@ def test_a_dataset_plugin_declares_its_own_runtime_options(tmp_path):
     # a plugin's cache folder says where data is read from: changing it keeps the cell and the column
     from pydantic import BaseModel
 
-    from clbench import hookimpl
+    from clbench import DatasetPlugin, hookimpl
     from clbench.plugins import Plugins, make_plugin_manager
     from clbench.suite import load_suite
     from clbench.testing import tiny_suite, write_suite
 
-    class Options(BaseModel):
+    class CachedOptions(BaseModel):
         cache_dir: str = "/tmp/cache"
         flavour: str = "plain"
 
-    def factory(**options):
-        raise AssertionError("validation never builds the data")
+    class Cached(DatasetPlugin):
+        name = "cached"
+        Options = CachedOptions
+        runtime_options = ("cache_dir",)
 
-    factory.Options, factory.runtime_options = Options, ("cache_dir",)
+        @classmethod
+        def build(cls, options):
+            raise AssertionError("validation never builds the data")
 
     class Plugin:
         @hookimpl
         def clbench_add_datasets(self, register):
-            register("cached", factory)
+            register(Cached)
 
     pm = make_plugin_manager()
     pm.register(Plugin())

@@ -58,7 +58,7 @@ def test_text_features_are_cached_until_the_text_tower_changes(learner):
     with torch.no_grad():
         learner.model.token_embedding.weight.add_(1.0)
     assert torch.equal(learner.class_features([0])[0], a[0])  # still cached: nobody said the tower changed
-    learner.text_tower_changed()
+    learner.weights_changed()
     assert not torch.allclose(learner.class_features([0])[0], a[0])
 
 
@@ -74,8 +74,8 @@ def test_fit_updates_the_model_and_meters_the_images(learner):
     exp = learner.stream.experiences[0]
     before = [p.detach().clone() for p in learner.model.parameters()]
 
-    def loss(images, labels, exp):
-        return learner.zero_shot_logits(images, exp.classes).logsumexp(1).mean()
+    def loss(batch):
+        return learner.zero_shot_logits(batch.images, batch.exp.classes).logsumexp(1).mean()
 
     learner.fit(exp, loss)
     changed = any(not torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))

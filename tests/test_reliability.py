@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clbench import Method, hookimpl
-from clbench import plugins as plugins_module
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.plugins import Plugins, make_plugin_manager
@@ -110,9 +109,9 @@ class NaNAt(Method):
 
     name = "nan_at_1"
 
-    def loss(self, images, labels, exp):
-        out = self.learner.zero_shot_logits(images, exp.classes).mean()
-        return out * float("nan") if exp.index == 1 else out
+    def loss(self, batch):
+        out = self.learner.zero_shot_logits(batch.images, batch.exp.classes).mean()
+        return out * float("nan") if batch.exp.index == 1 else out
 
 
 def test_nan_loss_fails_the_cell_with_its_experience_and_the_grid_goes_on(tmp_path, capsys):
@@ -123,13 +122,9 @@ def test_nan_loss_fails_the_cell_with_its_experience_and_the_grid_goes_on(tmp_pa
 
     plugins = Plugins(make_plugin_manager())
     plugins.pm.register(Plugin())
-    plugins_module._default = plugins
-    try:
-        path = write_suite(tmp_path / "s.yaml", tiny_suite(["nan_at_1", "zeroshot"]))
-        with pytest.raises(SystemExit) as info:
-            main(["run", str(path), "--results", str(tmp_path / "out")])
-    finally:
-        plugins_module.reset_plugins()
+    path = write_suite(tmp_path / "s.yaml", tiny_suite(["nan_at_1", "zeroshot"]))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--results", str(tmp_path / "out")], plugins=plugins)
     assert info.value.code == 1
     records = {r["method"]: r for r in ResultStore(tmp_path / "out").records()}
     bad = records["nan_at_1"]

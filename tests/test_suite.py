@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from clbench.errors import UserError
 from clbench.plugins import Plugins, make_plugin_manager
 from clbench.suite import load_suite
-from clbench.testing import tiny_suite, write_suite
+from clbench.testing import TINY_STREAM, tiny_suite, write_suite
 
 
 def write(tmp_path, data, name="suite.yaml"):
@@ -180,3 +180,15 @@ def test_architectures_known_without_importing_open_clip_are_open_clips():
     from clbench.suite import known_architectures
 
     assert known_architectures() == sorted(open_clip.list_models())
+
+
+def test_a_method_entry_limited_to_some_streams(tmp_path, plugins):
+    other = {**TINY_STREAM, "name": "two", "steps": 2}
+    suite = tiny_suite(["zeroshot", {"name": "finetune", "loss": ["ce", "contrastive"], "streams": ["two"]}],
+                       streams=[dict(TINY_STREAM), other])
+    cells = load_suite(write(tmp_path, suite), plugins).cells
+    assert sorted((c.method, c.stream_label) for c in cells) == [
+        ("finetune", "two"), ("finetune", "two"), ("zeroshot", "synthetic-ci3"), ("zeroshot", "two")]
+    assert {c.variant for c in cells if c.method == "finetune"} == {"finetune (loss=ce)", "finetune (loss=contrastive)"}
+    suite["methods"][1]["streams"] = ["tow"]
+    assert "methods[1].streams: unknown stream 'tow' (did you mean 'two'?)" in error_of(tmp_path, suite, plugins)

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from clbench.errors import UserError
-from clbench.suite import load_suite, read_yaml
+from clbench.suite import load_suite
+from clbench.suite_yaml import load_raw, read_yaml
 from clbench.testing import tiny_suite, write_suite
 
 DOCUMENTS = {
@@ -103,3 +104,23 @@ def test_an_unknown_top_level_key_is_still_refused_but_x_keys_are_free(tmp_path,
     bad = write_suite(tmp_path / "bad.yaml", {**suite, "defaults": {"lr": 1}})
     with pytest.raises(UserError, match="defaults: unknown key"):
         load_suite(bad, plugins)
+
+
+def test_includes_add_up_their_streams_and_later_files_override_every_other_key(tmp_path):
+    """The rule docs/suites.md states: included streams add up; any other key: later includes, then the including file, win."""
+    write_suite(tmp_path / "a.yaml", {"streams": ["a"], "seeds": [0], "train": {"lr": 1, "epochs": 1}, "model": {"arch": "x"}})
+    write_suite(tmp_path / "b.yaml", {"streams": ["b"], "seeds": [1], "train": {"lr": 2}})
+    write_suite(tmp_path / "top.yaml", {"include": ["a.yaml", "b.yaml"], "train": {"epochs": 3}})
+    assert load_raw(tmp_path / "top.yaml") == {"streams": ["a", "b"], "seeds": [1], "train": {"lr": 2, "epochs": 3},
+                                               "model": {"arch": "x"}}
+    write_suite(tmp_path / "own.yaml", {"include": ["a.yaml", "b.yaml"], "streams": ["own"]})
+    assert load_raw(tmp_path / "own.yaml")["streams"] == ["own"]  # the including file's own streams replace them
+    write_suite(tmp_path / "nested.yaml", {"include": ["top.yaml", "a.yaml"]})
+    assert load_raw(tmp_path / "nested.yaml")["streams"] == ["a", "b", "a"]
+
+
+def test_suite_keeps_the_reading_names_importable():
+    import clbench.suite as suite
+    import clbench.suite_yaml as suite_yaml
+
+    assert suite.read_yaml is suite_yaml.read_yaml and suite.load_raw is suite_yaml.load_raw

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-import torch
+import lazy_loader as lazy
 
 from ..config import StreamConfig
+
+torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
 
 class ImageSet:

@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
+import lazy_loader as lazy
 from pydantic import BaseModel, ConfigDict
 
 from clbench import hookimpl
 
+from ..dataset_plugin import DatasetPlugin
 from ..errors import UserError
 from ..facts import DatasetFacts
 from .base import Dataset, InMemoryImageSet
 from .root import data_root
 from .scenarios import numpy_permutation
+
+torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
 FOLDER = "cifar100"
 #: ``class_order: icarl``: the order of iCaRL's original code (Rebuffi et al. 2017). Source:
@@ -92,6 +95,7 @@ def _split(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_cifar100(**options) -> Dataset:
+    """CIFAR-100 from ``<root>/cifar100/cifar-100-python`` (``CifarOptions`` keys); UserError when it is missing or unreadable."""
     opts = CifarOptions(**options)
     base = data_root(opts.root) / FOLDER
     folder = base / "cifar-100-python"
@@ -124,12 +128,26 @@ def build_cifar100(**options) -> Dataset:
     )
 
 
-build_cifar100.Options = CifarOptions
-build_cifar100.facts = lambda options: DatasetFacts(num_classes=100, num_templates=len(TEMPLATES), domains=(), train_per_class=500)
-build_cifar100.class_orders = lambda options: ("icarl", "pycil")  # named orders beside seeded, known without the data
-build_cifar100.offers_raw_names = True
+class Cifar100(DatasetPlugin):
+    """CIFAR-100 (torchvision's python format), held in memory; orders icarl and pycil."""
+
+    name = "cifar100"
+    Options = CifarOptions
+    offers_raw_names = True
+
+    @classmethod
+    def facts(cls, options: dict) -> DatasetFacts:
+        return DatasetFacts(num_classes=100, num_templates=len(TEMPLATES), domains=(), train_per_class=500)
+
+    @classmethod
+    def class_orders(cls, options: dict) -> tuple[str, ...]:
+        return ("icarl", "pycil")  # named orders beside seeded, known without the data
+
+    @classmethod
+    def build(cls, options: dict) -> Dataset:
+        return build_cifar100(**options)
 
 
 @hookimpl
 def clbench_add_datasets(register):
-    register("cifar100", build_cifar100)
+    register(Cifar100)

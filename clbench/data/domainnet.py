@@ -14,17 +14,20 @@ import zipfile
 from pathlib import Path
 from typing import Literal, Optional
 
-import torch
+import lazy_loader as lazy
 from pydantic import BaseModel, ConfigDict, Field
 
 from clbench import hookimpl
 
+from ..dataset_plugin import DatasetPlugin
 from ..errors import UserError
 from ..facts import DatasetFacts
 from .base import Dataset
 from .files import FileImageSet
 from .folders import concat
 from .root import data_root, inside
+
+torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
 FOLDER = "domainnet"
 DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -137,6 +140,7 @@ def read_split(base: Path, domain: str, split: str, class_names: dict[int, str])
 
 
 def build_domainnet(**options) -> Dataset:
+    """DomainNet from ``<root>/domainnet`` (``DomainNetOptions`` keys); UserError for missing or malformed files."""
     opts = DomainNetOptions(**options)
     base = data_root(opts.root) / FOLDER
     domains = [d for d in DOMAINS if d in opts.load_domains]
@@ -161,12 +165,23 @@ def build_domainnet(**options) -> Dataset:
     )
 
 
-build_domainnet.Options = DomainNetOptions
-# the class count is read from the split files (a partial copy has fewer); the domains are the loaded ones, in DOMAINS order
-build_domainnet.facts = lambda options: DatasetFacts(
-    num_templates=len(TEMPLATES), domains=tuple(d for d in DOMAINS if d in options.get("load_domains", DOMAINS)))
+class DomainNet(DatasetPlugin):
+    """DomainNet's six domains and 345 classes, from its official split files."""
+
+    name = "domainnet"
+    Options = DomainNetOptions
+    input_size_option = "image_size"
+
+    @classmethod
+    def facts(cls, options: dict) -> DatasetFacts:
+        # the class count is read from the split files (a partial copy has fewer); the domains are the loaded ones, in DOMAINS order
+        return DatasetFacts(num_templates=len(TEMPLATES), domains=tuple(d for d in DOMAINS if d in options.get("load_domains", DOMAINS)))
+
+    @classmethod
+    def build(cls, options: dict) -> Dataset:
+        return build_domainnet(**options)
 
 
 @hookimpl
 def clbench_add_datasets(register):
-    register("domainnet", build_domainnet)
+    register(DomainNet)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+import lazy_loader as lazy
 
 from ..errors import UserError
 from .base import ImageSet, default_ids
+
+torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEFAULT_SIZE = 224
@@ -72,13 +72,13 @@ def decode(path: str, size: int) -> torch.Tensor:
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     if (nh, nw) != (h, w):
-        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
+        image = torch.nn.functional.interpolate(image[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
         image = image.round().clamp(0, 255).to(torch.uint8)
     top, left = (nh - size) // 2, (nw - size) // 2
     return image[:, top : top + size, left : left + size].contiguous()
 
 
-class _Decoder(TorchDataset):
+class _Decoder:  # a map-style dataset for torch's DataLoader (any object with __getitem__ and __len__)
     def __init__(self, paths: list[str], size: int):
         self.paths, self.size = paths, size
 
@@ -144,6 +144,8 @@ class FileImageSet(ImageSet):
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         paths = [self.paths[i] for i in order.tolist()]
+        from torch.utils.data import DataLoader
+
         loader = DataLoader(
             _Decoder(paths, self.size), batch_size=batch_size, shuffle=False, num_workers=self.workers,
             collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=False,

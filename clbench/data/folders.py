@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import lazy_loader as lazy
 
 from ..errors import UserError
 from .files import FileImageSet, list_images
+
+torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
 
 def scan_split(split_dir: Path, class_folders: list[str], size=None, workers=None,

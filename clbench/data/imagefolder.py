@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clbench import hookimpl
 
+from ..dataset_plugin import DatasetPlugin
 from ..errors import UserError
 from ..facts import DatasetFacts
 from .base import Dataset
@@ -45,6 +46,7 @@ def _subfolders(folder: Path) -> list[str]:
 
 
 def build_imagefolder(**options) -> Dataset:
+    """Your own class folders (``ImageFolderOptions`` keys); UserError for a missing folder, an empty one or a bad template."""
     opts = ImageFolderOptions(**options)
     root = Path(opts.path).expanduser()
     if opts.root and not root.is_absolute():
@@ -72,11 +74,23 @@ def build_imagefolder(**options) -> Dataset:
     )
 
 
-build_imagefolder.Options = ImageFolderOptions
-# classes and domains are folder names, read when the stream is built (the folder may live on another machine)
-build_imagefolder.facts = lambda options: DatasetFacts(num_templates=len(options["templates"]), domains=None if options["by_domain"] else ())
+class ImageFolder(DatasetPlugin):
+    """Your own data as train/<class>/* and test/<class>/* (or per domain)."""
+
+    name = "imagefolder"
+    Options = ImageFolderOptions
+    input_size_option = "image_size"
+
+    @classmethod
+    def facts(cls, options: dict) -> DatasetFacts:
+        # classes and domains are folder names, read when the stream is built (the folder may live on another machine)
+        return DatasetFacts(num_templates=len(options["templates"]), domains=None if options["by_domain"] else ())
+
+    @classmethod
+    def build(cls, options: dict) -> Dataset:
+        return build_imagefolder(**options)
 
 
 @hookimpl
 def clbench_add_datasets(register):
-    register("imagefolder", build_imagefolder)
+    register(ImageFolder)

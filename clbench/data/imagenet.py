@@ -26,6 +26,7 @@ no subset list is stored.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clbench import hookimpl
 
+from ..dataset_plugin import DatasetPlugin
 from ..facts import DatasetFacts
 from .base import Dataset
 from .folders import scan_split
@@ -52,10 +54,23 @@ def read_list(name: str) -> list[str]:
     return [line.strip() for line in (LISTS / name).read_text().splitlines() if line.strip()]
 
 
+@functools.lru_cache(maxsize=1)
 def clip_names_and_templates() -> tuple[list[str], list[str]]:
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+    """CLIP's 1000 ImageNet class names and its 80 prompt templates, as open_clip ships them (zero_shot_metadata.py).
 
-    return list(IMAGENET_CLASSNAMES), [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    The file is loaded on its own, without importing open_clip (whose import loads torch), so
+    ``clbench validate`` stays instant. ImportError when open_clip is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.origin:
+        raise ImportError("open_clip is not installed; pip install open_clip_torch")
+    path = Path(spec.origin).parent / "zero_shot_metadata.py"
+    meta_spec = importlib.util.spec_from_file_location("clbench_open_clip_zero_shot_metadata", path)
+    meta = importlib.util.module_from_spec(meta_spec)
+    meta_spec.loader.exec_module(meta)
+    return list(meta.IMAGENET_CLASSNAMES), [t("{}") for t in meta.OPENAI_IMAGENET_TEMPLATES]
 
 
 def subset_wnids(subset: str) -> list[str]:
@@ -99,23 +114,55 @@ def _build(name: str, wnids: list[str], opts: ImageNetOptions, named_orders: dic
 
 
 def build_imagenet1k(**options) -> Dataset:
+    """ImageNet-1K from ``<root>/imagenet`` (``ImageNetOptions`` keys); a partial copy gives the classes it has."""
     return _build("imagenet1k", read_list("imagenet1k_wnids.txt"), ImageNetOptions(**options), {})
 
 
 def build_imagenet100(**options) -> Dataset:
+    """The ``subset`` option's published ImageNet-100 from ``<root>/imagenet``; UserError when a class folder is missing."""
     opts = ImageNet100Options(**options)
     order = numpy_permutation(100, SEED_1993)
     return _build("imagenet100", subset_wnids(opts.subset), opts, {name: list(order) for name in SUBSET_ORDERS[opts.subset]})
 
 
-build_imagenet1k.Options = ImageNetOptions
-build_imagenet100.Options = ImageNet100Options
-build_imagenet1k.facts = lambda options: DatasetFacts(num_templates=len(clip_names_and_templates()[1]), domains=())  # a partial copy has fewer classes
-build_imagenet100.facts = lambda options: DatasetFacts(num_classes=100, num_templates=len(clip_names_and_templates()[1]), domains=())
-build_imagenet100.class_orders = lambda options: SUBSET_ORDERS.get(options.get("subset"), ())
+class ImageNet1k(DatasetPlugin):
+    """ILSVRC-2012 in class folders, with CLIP's class names and 80 prompt templates."""
+
+    name = "imagenet1k"
+    Options = ImageNetOptions
+    input_size_option = "image_size"
+
+    @classmethod
+    def facts(cls, options: dict) -> DatasetFacts:
+        # the class count is left unknown: a partial copy has fewer classes
+        return DatasetFacts(num_templates=len(clip_names_and_templates()[1]), domains=())
+
+    @classmethod
+    def build(cls, options: dict) -> Dataset:
+        return build_imagenet1k(**options)
+
+
+class ImageNet100(DatasetPlugin):
+    """A published 100-class ImageNet subset (subset: podnet or ucir), read from the ImageNet-1K tree."""
+
+    name = "imagenet100"
+    Options = ImageNet100Options
+    input_size_option = "image_size"
+
+    @classmethod
+    def facts(cls, options: dict) -> DatasetFacts:
+        return DatasetFacts(num_classes=100, num_templates=len(clip_names_and_templates()[1]), domains=())
+
+    @classmethod
+    def class_orders(cls, options: dict) -> tuple[str, ...]:
+        return SUBSET_ORDERS.get(options.get("subset"), ())
+
+    @classmethod
+    def build(cls, options: dict) -> Dataset:
+        return build_imagenet100(**options)
 
 
 @hookimpl
 def clbench_add_datasets(register):
-    register("imagenet1k", build_imagenet1k)
-    register("imagenet100", build_imagenet100)
+    register(ImageNet1k)
+    register(ImageNet100)

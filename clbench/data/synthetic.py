@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
+import lazy_loader as lazy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clbench import hookimpl
 
+from ..dataset_plugin import DatasetPlugin
 from ..facts import DatasetFacts
 from .base import Dataset, InMemoryImageSet
+
+torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 220, 50),
@@ -91,8 +93,8 @@ def render(labels: torch.Tensor, size: int, generator: torch.Generator) -> tuple
     background = background + 8 * torch.randn(n, 1, hi, hi, generator=generator)
     m = mask[:, None].float()
     img = background * (1 - m) + colour[:, :, None, None] * m
-    img = F.avg_pool2d(img, 2)
-    return img.round().clamp(0, 255).to(torch.uint8), F.avg_pool2d(m, 2)[:, 0]
+    img = torch.nn.functional.avg_pool2d(img, 2)
+    return img.round().clamp(0, 255).to(torch.uint8), torch.nn.functional.avg_pool2d(m, 2)[:, 0]
 
 
 def apply_domain(domain: str, clean: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -106,7 +108,7 @@ def apply_domain(domain: str, clean: torch.Tensor, mask: torch.Tensor, generator
         return 255 - clean
     if domain == "sketch":  # coloured outline on paper
         m = (mask > 0.5).float()[:, None]
-        edge = (F.max_pool2d(m, 3, 1, 1) - (-F.max_pool2d(-m, 3, 1, 1))).clamp(0, 1)
+        edge = (torch.nn.functional.max_pool2d(m, 3, 1, 1) - (-torch.nn.functional.max_pool2d(-m, 3, 1, 1))).clamp(0, 1)
         ink = clean.float() * m
         ink = ink.sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp(min=1)
         paper = torch.full_like(clean, 235, dtype=torch.float)
@@ -151,6 +153,7 @@ def _split(opts: SyntheticOptions, split: str, per_class: int) -> InMemoryImageS
 
 
 def build_synthetic(**options) -> Dataset:
+    """The synthetic world for ``SyntheticOptions`` keys (pydantic ValidationError for bad ones); the same options, the same pixels."""
     opts = SyntheticOptions(**options)
     return Dataset(
         name="synthetic",
@@ -162,11 +165,22 @@ def build_synthetic(**options) -> Dataset:
     )
 
 
-build_synthetic.Options = SyntheticOptions
-build_synthetic.facts = lambda options: DatasetFacts(num_classes=options["num_classes"], num_templates=len(TEMPLATES),
-                                                    domains=tuple(options["world_domains"]), train_per_class=options["train_per_class"])
+class Synthetic(DatasetPlugin):
+    """Coloured shapes in four visual domains, generated from a seed (no files)."""
+
+    name = "synthetic"
+    Options = SyntheticOptions
+
+    @classmethod
+    def facts(cls, options: dict) -> DatasetFacts:
+        return DatasetFacts(num_classes=options["num_classes"], num_templates=len(TEMPLATES),
+                            domains=tuple(options["world_domains"]), train_per_class=options["train_per_class"])
+
+    @classmethod
+    def build(cls, options: dict) -> Dataset:
+        return build_synthetic(**options)
 
 
 @hookimpl
 def clbench_add_datasets(register):
-    register("synthetic", build_synthetic)
+    register(Synthetic)

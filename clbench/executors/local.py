@@ -26,7 +26,7 @@ from pydantic import Field
 from clbench import hookimpl
 from clbench.errors import UserError
 
-from . import ExecutorOptions
+from . import Executor, ExecutorOptions
 
 
 class LocalOptions(ExecutorOptions):
@@ -92,7 +92,7 @@ class _Worker:
         self.send(b"\n")
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     name = "local"
     Options = LocalOptions
 
@@ -184,4 +184,4 @@ class LocalExecutor:
 
 @hookimpl
 def clbench_add_executors(register):
-    register("local", LocalExecutor)
+    register(LocalExecutor)

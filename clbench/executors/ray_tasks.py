@@ -24,7 +24,7 @@ from pydantic import Field
 from clbench import hookimpl
 from clbench.errors import UserError, brief
 
-from . import ExecutorOptions, require
+from . import Executor, ExecutorOptions, require
 
 
 class RayOptions(ExecutorOptions):
@@ -50,7 +50,7 @@ def run_on_ray(task, events, scratch: str | None):
     return run_task(task, events.put)
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     name = "ray"
     Options = RayOptions
 
@@ -128,4 +128,4 @@ class RayExecutor:
 
 @hookimpl
 def clbench_add_executors(register):
-    register("ray", RayExecutor)
+    register(RayExecutor)

@@ -25,7 +25,7 @@ from pydantic import Field
 from clbench import hookimpl
 from clbench.errors import UserError, brief
 
-from . import ExecutorOptions, require
+from . import Executor, ExecutorOptions, require
 from .event_files import EventReader, EventWriter
 
 
@@ -66,7 +66,7 @@ class SlurmCellJob:
         return DelayedSubmission(self, task)
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     name = "slurm"
     Options = SlurmOptions
 
@@ -152,4 +152,4 @@ class SlurmExecutor:
 
 @hookimpl
 def clbench_add_executors(register):
-    register("slurm", SlurmExecutor)
+    register(SlurmExecutor)

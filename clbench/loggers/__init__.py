@@ -1,6 +1,7 @@
 """Run loggers: per-step logs for dashboards, switched on per suite with ``loggers: [...]``.
 
-Each logger is a plugin registered through ``clbench_add_loggers``. The
+Each logger is a subclass of ``Logger`` with a ``name``, registered as
+``register(MyLogger)`` in a ``clbench_add_loggers`` hookimpl. The
 dispatcher below is itself a plugin on the run's event hooks: at run start it
 builds the loggers the suite names, forwards every experience and cell end to
 them, and closes them at run end.
@@ -8,13 +9,17 @@ them, and closes them at run end.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from clbench import hookimpl
 from clbench.metrics import seen_accuracy
 
 
 class Logger:
-    """Base class: override what you need."""
+    """Base class of every run logger: built as ``cls(results_dir, suite)`` at run start; override what you need."""
+
+    #: the name suites use (``loggers: [NAME]``); unique across installed plugins
+    name: ClassVar[str] = ""
 
     def __init__(self, results_dir: Path, suite):
         self.results_dir = Path(results_dir)

@@ -13,6 +13,8 @@ from . import Logger, step_accuracy
 class CSVLogger(Logger):
     """One row per experience of every cell in RESULTS/steps.csv (appended, so resumed runs add to it)."""
 
+    name = "csv"
+
     FIELDS = ["time", "cell_id", "method", "variant", "stream", "seed", "step", "seen_accuracy", "train_loss", "acc_row"]
 
     def __init__(self, results_dir, suite):
@@ -44,6 +46,8 @@ def _require(module: str, extra: str):
 
 class TensorBoardLogger(Logger):
     """Scalars per cell under RESULTS/tensorboard/<cell_id>: seen accuracy and train loss per step, final metrics."""
+
+    name = "tensorboard"
 
     def __init__(self, results_dir, suite):
         super().__init__(results_dir, suite)
@@ -81,6 +85,8 @@ class TensorBoardLogger(Logger):
 class WandbLogger(Logger):
     """One W&B run per cell; offline by default (WANDB_MODE=online to sync), files under RESULTS/wandb."""
 
+    name = "wandb"
+
     def __init__(self, results_dir, suite):
         super().__init__(results_dir, suite)
         self.wandb = _require("wandb", "wandb")
@@ -113,6 +119,8 @@ class MLflowLogger(Logger):
     Runs are addressed by id through the tracking client, so cells that run side
     by side (worker processes, Ray, Slurm) log into their own runs.
     """
+
+    name = "mlflow"
 
     def __init__(self, results_dir, suite):
         super().__init__(results_dir, suite)
@@ -155,7 +163,7 @@ class MLflowLogger(Logger):
 
 @hookimpl
 def clbench_add_loggers(register):
-    register("csv", CSVLogger)
-    register("tensorboard", TensorBoardLogger)
-    register("wandb", WandbLogger)
-    register("mlflow", MLflowLogger)
+    register(CSVLogger)
+    register(TensorBoardLogger)
+    register(WandbLogger)
+    register(MLflowLogger)

@@ -1,7 +1,7 @@
 """Distributionally robust reweighting over classes (the objectives dro_replay optimises).
 
 Both estimators reweight the per-class parts of the very objective ``er``
-minimises (clbench.losses.clip_objective_by_class): ``share_c`` is class c's
+minimises (objective.objective_by_class next to this file): ``share_c`` is class c's
 additive part of er's loss on the batch (Σ_c share_c = er's loss) and ``L_c``
 is the class's own mean loss on the batch.
 
@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import math
 
-import torch
+import lazy_loader as lazy
+
+torch = lazy.load("torch")  # imported on first use: validate never loads it
 
 
 class KLDRO:

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+import lazy_loader as lazy
 
-from .losses import positions
+from clbench.losses import positions
+
+torch = lazy.load("torch")  # imported on first use: validate never loads it
 
 
 class GlobalContrastive:
@@ -60,7 +61,7 @@ class GlobalContrastive:
         """
         logits = logit_scale * image_features @ text_features.t()  # (B, S): s(x, c)
         column = positions(seen, labels)  # (B,): each image's class column
-        image_loss = F.cross_entropy(logits.float(), column)
+        image_loss = torch.nn.functional.cross_entropy(logits.float(), column)
         return (image_loss + self.text_term(logits, column, labels, ids)) / 2
 
     def text_term(self, logits: torch.Tensor, column: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,340 @@
+"""clbench from Python: what the ``clbench`` command line does, as functions that return objects.
+
+::
+
+    import clbench
+
+    summary = clbench.run_suite("suites/smoke.yaml", "results/smoke")
+    print(summary.leaderboard.to_markdown())
+
+The command line (clbench/cli.py) only parses its arguments, calls these and
+prints. Bad input raises ``clbench.errors.UserError`` with a one-line message
+naming the file and key; nothing is run or written before the input is checked.
+Importing this module imports neither torch nor open_clip: only a cell that
+actually runs builds a model.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence, Union
+
+from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .leaderboard import Leaderboard
+    from .plugins import Plugins
+    from .suite import Cell, Suite
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["RunSummary", "PluginInfo", "run_suite", "validate_suite", "leaderboard", "write_plots", "read_record",
+           "list_plugins", "records_of"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What :func:`run_suite` did.
+
+    - ``suite``: the validated suite; ``results_dir``: where its records are.
+    - ``cells``: the cells considered (all of the suite's, or those ``only`` selected), in grid order;
+      ``status``: each one's record status before the run (cell id -> ``"done"``, ``"failed"`` or None: no record);
+      ``todo``: the cells this call ran (or, with ``dry_run``, would run).
+    - ``done`` / ``failed_now`` / ``elsewhere``: of ``todo``, how many finished, failed, or were taken by
+      another clbench process on the same folder meanwhile.
+    - ``records``: every record of the suite's cells now in the folder; ``failed``: how many of them say failed.
+    - ``leaderboard``: built from ``records`` (None on a dry run or when no record is done);
+      ``leaderboard_paths`` / ``plot_paths``: the files written (the suite's ``report.formats`` and ``report.plots``).
+    """
+
+    suite: "Suite"
+    results_dir: Path
+    cells: tuple["Cell", ...]
+    status: dict[str, str | None]
+    todo: tuple["Cell", ...]
+    dry_run: bool = False
+    done: int = 0
+    failed_now: int = 0
+    elsewhere: int = 0
+    records: tuple[dict, ...] = ()
+    failed: int = 0
+    leaderboard: "Leaderboard | None" = None
+    leaderboard_paths: tuple[Path, ...] = ()
+    plot_paths: tuple[Path, ...] = ()
+
+    @property
+    def skipped(self) -> int:
+        """Cells left alone because their record is already there (done, or failed without ``retry_failed``)."""
+        return len(self.cells) - len(self.todo)
+
+    @property
+    def ok(self) -> bool:
+        """True when no cell of the suite is failed (``clbench run`` then exits 0, else 1)."""
+        return not (self.failed_now or self.failed)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin as ``clbench list`` shows it: name, the distribution it comes from, its docstring's first line."""
+
+    name: str
+    origin: str
+    summary: str
+    obj: object = field(repr=False, default=None)
+
+
+def _plugins(plugins: "Plugins | None") -> "Plugins":
+    from .plugins import get_plugins
+
+    return plugins or get_plugins()
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def validate_suite(path: PathLike, *, plugins: "Plugins | None" = None) -> "Suite":
+    """Read, validate and expand the suite file at ``path``; nothing is run and no data is read.
+
+    ``plugins``: a ``clbench.plugins.Plugins`` (default: the process's, built from the installed
+    entry points). Returns the ``clbench.suite.Suite`` with its ``cells`` in grid order.
+    Raises ``UserError`` (the file and key, e.g. ``suite.yaml: seeds: seed 1 is listed twice``)
+    for anything the suite gets wrong.
+    """
+    from .suite import load_suite
+
+    return load_suite(Path(path), _plugins(plugins))
+
+
+def _select(cells, only: Sequence[str]):
+    import fnmatch
+
+    return [c for c in cells if not only or any(
+        fnmatch.fnmatch(x, pat) for pat in only for x in (c.method, c.variant, c.stream_label, c.cell_id))]
+
+
+def run_suite(suite_file: PathLike, results: PathLike | None = None, *, executor: str | None = None,
+              workers: int | None = None, only: Iterable[str] = (), retry_failed: bool = False,
+              keep_checkpoints: bool = False, dry_run: bool = False, data_root: PathLike | None = None,
+              plugins: "Plugins | None" = None, progress: bool = True) -> RunSummary:
+    """Run every cell of ``suite_file`` that the results folder lacks, then write the leaderboard (``clbench run``).
+
+    Arguments (each as the ``clbench run`` option of the same name):
+
+    - ``results``: the results folder (default ``results/<suite name>``); its records make a rerun resume.
+    - ``executor``: where cells run (default the suite's ``executor``, else ``local``); ``workers``: cells at once.
+    - ``only``: glob patterns (or one); only cells whose method, variant, stream or id match one are considered.
+    - ``retry_failed``: run cells whose record says failed again (from their last checkpoint);
+      ``keep_checkpoints``: keep each cell's last checkpoint after its record is written.
+    - ``dry_run``: run nothing; the summary's ``status`` and ``todo`` say what would run.
+    - ``data_root``: the folder holding the datasets (``$CLBENCH_DATA`` while this call runs).
+    - ``plugins``: a ``clbench.plugins.Plugins`` (default: the process's).
+    - ``progress``: print the run's header line and per-cell progress on stderr, as ``clbench run`` does.
+
+    Returns a :class:`RunSummary`; a cell that fails does not raise (its record says failed,
+    ``summary.ok`` is False). A suite with nothing left to do builds no model.
+    Raises ``UserError`` for a bad suite, an unknown executor, ``only`` matching no cell, or a
+    problem found when a cell starts (a missing dataset); ``KeyboardInterrupt`` passes through
+    (finished cells and the running cell's last checkpoint are kept).
+    """
+    only = (only,) if isinstance(only, str) else tuple(only)
+    if data_root is None:
+        return _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_checkpoints, dry_run, plugins,
+                          progress)
+    previous = os.environ.get("CLBENCH_DATA")
+    os.environ["CLBENCH_DATA"] = str(data_root)
+    try:
+        return _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_checkpoints, dry_run, plugins,
+                          progress)
+    finally:
+        if previous is None:
+            os.environ.pop("CLBENCH_DATA", None)
+        else:
+            os.environ["CLBENCH_DATA"] = previous
+
+
+def _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_checkpoints, dry_run, plugins,
+               progress) -> RunSummary:
+    from .results import ResultStore
+
+    plugins = _plugins(plugins)
+    suite = validate_suite(suite_file, plugins=plugins)
+    executor_name = executor or suite.executor
+    executor_cls = plugins.executors.get(executor_name)
+    options = suite.executor_options if executor_name == suite.executor else None
+    if options is None and hasattr(executor_cls, "Options"):
+        options = executor_cls.Options()
+    results_dir = Path(results) if results is not None else Path("results") / suite.name
+    store = ResultStore(results_dir)
+    cells = _select(suite.cells, only)
+    if not cells:
+        raise UserError(f"--only: no cell of {suite_file} matches {', '.join(only)}")
+    status = {c.cell_id: store.status(c.cell_id) for c in cells}
+    todo = [c for c in cells if status[c.cell_id] != "done" and (retry_failed or status[c.cell_id] != "failed")]
+    planned = dict(suite=suite, results_dir=results_dir, cells=tuple(cells), status=status, todo=tuple(todo))
+    if dry_run:
+        return RunSummary(**planned, dry_run=True)
+    runner = executor_cls(options, workers=workers)
+    if progress:
+        _stderr(f"suite {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {results_dir}, {len(todo)} to run"
+                + (f" ({executor_name} executor)" if executor_name != "local" else ""))
+    failed_now, elsewhere = _run_cells(todo, len(cells) - len(todo), suite, suite_file, results_dir, store, plugins, runner,
+                                       progress, retry_failed, keep_checkpoints)
+    ids = {c.cell_id for c in suite.cells}
+    records = [r for r in store.records() if r.get("cell_id") in ids]
+    board, paths, plots = _report(records, suite, store, results_dir)
+    return RunSummary(**planned, done=len(todo) - failed_now - elsewhere, failed_now=failed_now, elsewhere=elsewhere,
+                      records=tuple(records), failed=sum(r.get("status") == "failed" for r in records),
+                      leaderboard=board, leaderboard_paths=tuple(paths), plot_paths=tuple(plots))
+
+
+def _run_cells(todo, skipped, suite, suite_file, results_dir, store, plugins, runner, progress, retry_failed,
+               keep_checkpoints) -> tuple[int, int]:
+    """Run ``todo`` through ``runner`` with the run's events and progress; (failed, taken elsewhere)."""
+    import io
+
+    from .grid import GridRun
+    from .progress import GridProgress
+
+    plugins.run_start(suite=suite, results_dir=results_dir, cells=todo)
+    shown = GridProgress(len(todo)) if progress else GridProgress(len(todo), stream=io.StringIO())
+    with shown:
+        grid = GridRun(todo, suite_file=suite_file, results_dir=results_dir, store=store, plugins=plugins,
+                       progress=shown, retry_failed=retry_failed, keep_checkpoints=keep_checkpoints)
+        if todo:
+            runner.run(grid)
+    summary = {"done": len(todo) - grid.failed - grid.elsewhere, "failed": grid.failed, "skipped": skipped,
+               "elsewhere": grid.elsewhere}
+    plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
+    return grid.failed, grid.elsewhere
+
+
+def _report(records, suite, store, results_dir):
+    """The suite's leaderboard from ``records``, written in its formats, and its figures when asked for."""
+    from .leaderboard import Leaderboard, write_leaderboard
+
+    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir),
+                                     order=[c.cell_id for c in suite.cells], reference=suite.report.reference)
+    if not board.n_records:
+        return None, [], []
+    paths = write_leaderboard(board, results_dir, suite.report.formats)
+    plots = []
+    if suite.report.plots:
+        from .plots import plot_all
+
+        plots = plot_all(records, results_dir / "plots")
+    return board, paths, plots
+
+
+def _dirs(results_dirs) -> list[Path]:
+    if isinstance(results_dirs, (str, os.PathLike)):
+        return [Path(results_dirs)]
+    dirs = [Path(d) for d in results_dirs]
+    if not dirs:
+        raise UserError("no results folder given")
+    return dirs
+
+
+def records_of(results_dirs: PathLike | Iterable[PathLike]) -> list[dict]:
+    """Every readable record in one results folder or several (e.g. one per machine), in file-name order per folder.
+
+    Raises ``UserError`` for a folder without a ``records`` folder.
+    """
+    from .results import ResultStore
+
+    records = []
+    for d in _dirs(results_dirs):
+        if not (d / "records").is_dir():
+            raise UserError(f"{d}: no records folder here; run a suite first ('clbench run SUITE --results {d}')")
+        records += ResultStore(d).records()
+    return records
+
+
+def leaderboard(results_dirs: PathLike | Iterable[PathLike], metrics: Sequence[str] | None = None,
+                reference: str | None = None) -> "Leaderboard":
+    """The leaderboard of the records in one results folder or several, merged (``clbench table``).
+
+    - ``metrics``: metric names for the columns (default ``last``, ``avg_inc``, ``forgetting``;
+      the names are listed in ``clbench.metrics.METRICS``).
+    - ``reference``: a method name or row label; every other row then shows its mean paired
+      difference to it over matching seeds, marked † when a paired t-test gives p < 0.05.
+
+    Returns a ``clbench.leaderboard.Leaderboard``: ``to_markdown()``, ``to_latex()``, ``to_csv()``,
+    ``render(fmt)``; its ``cells`` and ``table`` are pandas DataFrames (one row per cell and
+    metric; mean ± std per row and column). Raises ``UserError`` for a folder without records,
+    an unknown metric or reference, or when no record is done.
+    """
+    from .leaderboard import DEFAULT_METRICS, Leaderboard
+    from .metrics import METRICS
+    from .registry import unknown_line
+
+    metrics = tuple(metrics) if metrics else DEFAULT_METRICS
+    bad = next((m for m in metrics if m not in METRICS), None)
+    if bad is not None:
+        raise UserError(f"metrics: {unknown_line('metric', bad, METRICS)}")
+    dirs = _dirs(results_dirs)
+    records = records_of(dirs)
+    source = ", ".join(str(d / "records") for d in dirs)
+    board = Leaderboard.from_records(records, metrics, source=source, reference=reference)
+    if not board.n_records:
+        raise UserError(f"{source}: no finished records to tabulate")
+    return board
+
+
+def write_plots(results_dirs: PathLike | Iterable[PathLike], out: PathLike | None = None, *,
+                heatmaps: bool = True) -> list[Path]:
+    """Write the figures (PNG and PDF) of the records in one results folder or several (``clbench plot``).
+
+    Accuracy after each step per method, last accuracy and forgetting against buffer size (when
+    a suite sweeps it), and, with ``heatmaps``, each cell's accuracy matrix. ``out``: the folder for
+    them (default ``<results folder>/plots``; required when several folders are given). Returns
+    the files written. Raises ``UserError`` for a folder without records or when no record is done.
+    """
+    from .plots import plot_all
+
+    dirs = _dirs(results_dirs)
+    if out is None and len(dirs) > 1:
+        raise UserError("several results folders: say where the figures go (out=..., or -o)")
+    paths = plot_all(records_of(dirs), Path(out) if out is not None else dirs[0] / "plots", heatmaps=heatmaps)
+    if not paths:
+        raise UserError(f"{', '.join(map(str, dirs))}: no finished records to plot")
+    return paths
+
+
+def read_record(target: PathLike) -> dict:
+    """One record (``clbench show``): a record file, or ``DIR/<cell_id>`` for a cell of the results folder DIR.
+
+    Returns the record as a dict (keys in docs/reliability.md and SPEC.md: ``cell_id``, ``status``,
+    ``acc_matrix``, ``metrics``, ``cost``, ``manifest``, ...). Raises ``UserError`` when there is
+    no record there or it is not readable JSON.
+    """
+    import json
+
+    target = Path(target)
+    path = target if target.suffix == ".json" else target.parent / "records" / f"{target.name}.json"
+    if not path.is_file():
+        raise UserError(f"{target}: no record there; give DIR/records/<cell_id>.json or DIR/<cell_id>")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not a readable record ({exc})") from None
+
+
+def list_plugins(kind: str, *, plugins: "Plugins | None" = None) -> list[PluginInfo]:
+    """Every registered plugin of ``kind`` (``methods``, ``datasets``, ``executors`` or ``loggers``), by name (``clbench list``).
+
+    Raises ``UserError`` for another kind.
+    """
+    kinds = ("methods", "datasets", "executors", "loggers")
+    if kind not in kinds:
+        from .registry import unknown_line
+
+        raise UserError(unknown_line("plugin kind", kind, kinds))
+    out = []
+    for entry in _plugins(plugins).registry(kind):
+        doc = (getattr(entry.obj, "__doc__", None) or sys.modules[entry.obj.__module__].__doc__ or "").strip().splitlines()
+        out.append(PluginInfo(entry.name, entry.origin, doc[0] if doc else "", entry.obj))
+    return out
+
