@@ -2,7 +2,7 @@
 
     python bench/demo_time.py [--runs 3]
 
-The demo must finish in under 3 minutes on 2 CPU cores; this prints each run,
+The demo takes about 4.5 minutes on 2 CPU cores (44 cells); this prints each run,
 the median and the spread. It is a benchmark, not a test: timings depend on
 the machine and its load.
 """

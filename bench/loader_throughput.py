@@ -71,7 +71,7 @@ def main():
         paths = sorted(str(p) for p in (root / "train").rglob("*.png"))
         for workers in (0, 2):
             files = FileImageSet(paths, torch.zeros(len(paths), dtype=torch.long), size=224, workers=workers)
-            n, med, lo, hi = timed(lambda: sum(len(x) for x, _ in files.batches(64)), max(2, args.repeats // 2))
+            n, med, lo, hi = timed(lambda: sum(len(x) for x, _ in files.batches(64)), max(2, args.repeats // 2))  # noqa: B023 (called at once)
             print(f"png decode, {workers} workers     : {n / med:12,.0f} img/s  (median {med:.3f}s, min {lo:.3f}, max {hi:.3f})")
 
 

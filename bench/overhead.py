@@ -68,7 +68,7 @@ def bare_loop(cell, plugins, replay: int) -> float:
         opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": TRAIN["weight_decay"]},
                                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=TRAIN["lr"])
         steps = TRAIN["epochs"] * math.ceil(len(exp.train) / TRAIN["batch_size"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))  # noqa: B023 (used in this experience only)
         model.train()
         for _ in range(TRAIN["epochs"]):
             order = torch.randperm(len(exp.train), generator=gen)

@@ -30,7 +30,8 @@ _LAZY = {
     "write_plots": "clbench.api",
 }
 
-__all__ = [*_LAZY, "hookimpl", "__version__"]
+__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "RunSummary", "run_suite", "validate_suite", "leaderboard",
+           "write_plots", "hookimpl", "__version__"]  # every lazy name, and the two defined here
 
 
 def __getattr__(name):

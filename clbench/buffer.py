@@ -213,7 +213,7 @@ class ReplayBuffer:
                 "blocks": dict(self.blocks), "data": None if self.data is None else self.data.state()}
 
     def load_state_dict(self, state: dict) -> None:
-        from .data.base import image_set_from_state
+        from .data.files import image_set_from_state
 
         self.generator.set_state(state["generator"])
         self.experiences = int(state["experiences"])

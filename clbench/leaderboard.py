@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregate import aggregate, dedupe, paired_differences, stale, tidy
-from .metrics import HIGHER_IS_BETTER, METRICS
+from .metrics import HIGHER_IS_BETTER
 
 DEFAULT_METRICS = ("last", "avg_inc", "forgetting")
 

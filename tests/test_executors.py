@@ -155,7 +155,7 @@ def test_killed_worker_cell_is_requeued_and_resumes(tmp_path, reference):
     proc = clbench_run(slow_suite(tmp_path), results, "--workers", "2")
     cell_id, pid = kill_mid_cell(proc, results)
     out, err = finish(proc)
-    assert f"died (killed by SIGKILL); re-queued" in err
+    assert "died (killed by SIGKILL); re-queued" in err
     assert_resumed(results, cell_id)
     assert records_of(results) == reference
 

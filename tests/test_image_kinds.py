@@ -21,7 +21,8 @@ def write(kind, path):
         Image.fromarray(np.full((24, 20), 16705, dtype=np.uint16)).save(path := path.with_suffix(".png"))
         return path, (65, 65, 65)
     if kind == "rgb16_png":  # 48-bit RGB PNG written by numpy-level bytes through Pillow is not possible: use I;16 channels
-        import zlib, struct
+        import zlib
+        import struct
 
         h, w = 6, 5
         row = b"".join(struct.pack(">HHH", 51400, 7710, 15420) for _ in range(w))  # /257 -> 200, 30, 60

@@ -66,7 +66,6 @@ def test_frozen_model_encodes_each_test_image_once(plugins):
 
 
 def test_image_features_survive_training_of_the_text_tower_only(plugins):
-    from clbench.testing import TINY_STREAM
 
     class TextOnly(plugins.methods.get("finetune")):
         name = "text_only_finetune"

@@ -126,14 +126,6 @@ class InMemoryImageSet(ImageSet):
         return {"kind": "memory", "images": self.images, "labels": self.labels, "domains": self.domains, "ids": self.ids}
 
 
-def image_set_from_state(state: dict) -> ImageSet:
-    if state["kind"] == "memory":
-        return InMemoryImageSet(state["images"], state["labels"], state["domains"], state.get("ids"))
-    from .files import FileImageSet
-
-    return FileImageSet(state["paths"], state["labels"], state["domains"], state["size"], state["workers"], state.get("ids"))
-
-
 #: the default class order: a torch permutation seeded by the cell's seed
 SEEDED = StreamConfig.SEEDED_ORDER
 

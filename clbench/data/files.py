@@ -12,7 +12,7 @@ from pathlib import Path
 import lazy_loader as lazy
 
 from ..errors import UserError
-from .base import ImageSet, default_ids
+from .base import ImageSet, InMemoryImageSet, default_ids
 
 torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
@@ -166,3 +166,13 @@ def list_images(folder: Path) -> list[Path]:
     """
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def image_set_from_state(state: dict) -> ImageSet:
+    """The image set a ``state()`` dict describes (an ``InMemoryImageSet`` or a ``FileImageSet``), for checkpoints.
+
+    KeyError for a dict that no image set wrote.
+    """
+    if state["kind"] == "memory":
+        return InMemoryImageSet(state["images"], state["labels"], state["domains"], state.get("ids"))
+    return FileImageSet(state["paths"], state["labels"], state["domains"], state["size"], state["workers"], state.get("ids"))

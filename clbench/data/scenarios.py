@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import StreamPrompts
 from ..errors import UserError
-from .base import SEEDED, Dataset, ImageSet
+from .base import Dataset, ImageSet
 
 CLASS_INCREMENTAL = "class_incremental"
 DOMAIN_INCREMENTAL = "domain_incremental"
