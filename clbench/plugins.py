@@ -56,6 +56,9 @@ BUILTIN_PLUGINS = (
     ("derpp", "clbench_methods.derpp"),
     ("er_ace", "clbench_methods.er_ace"),
     ("gdumb", "clbench_methods.gdumb"),
+    ("wise_ft", "clbench_methods.wise_ft"),
+    ("simplecil", "clbench_methods.simplecil"),
+    ("ranpac", "clbench_methods.ranpac"),
     ("synthetic", "clbench.data.synthetic"),
     ("cifar100", "clbench.data.cifar"),
     ("imagenet", "clbench.data.imagenet"),
@@ -100,6 +103,23 @@ class _PluginManager(pluggy.PluginManager):
         return super().parse_hookimpl_opts(plugin, name)
 
 
+def _import_entry_points(pm: pluggy.PluginManager) -> None:
+    """Import every third-party entry point once, so a package that fails to import is one line naming it.
+
+    (pluggy would let the ImportError's traceback through.) Modules stay imported, so pluggy's own
+    loading that follows reuses them. Raises UserError.
+    """
+    for ep in md.entry_points(group=GROUP):
+        if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            ep.load()
+        except Exception as exc:  # any failure inside a third-party package's import
+            dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0].split(".")[0]
+            raise UserError(f"plugin '{ep.name}' (package {dist}) cannot be imported ({type(exc).__name__}: {exc}); "
+                            f"fix or uninstall the package, or skip it with {BLOCK_ENV}={ep.name}") from None
+
+
 def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     """clbench's plugin manager: the hookspecs, the built-in plugins, then (unless disabled) every installed entry point.
 
@@ -123,6 +143,7 @@ def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     if autoload is None:
         autoload = not _truthy(os.environ.get(DISABLE_AUTOLOAD_ENV))
     if autoload:
+        _import_entry_points(pm)
         try:
             pm.load_setuptools_entrypoints(GROUP)
         except pluggy.PluginValidationError as exc:  # a hookimpl whose arguments its hookspec does not offer

@@ -17,17 +17,17 @@ def executed_block(path: Path) -> str:
 
 def test_walkthrough_method_runs(plugins):
     code = executed_block(GUIDE)
-    module = types.ModuleType("clbench_wiseft")
-    sys.modules["clbench_wiseft"] = module
+    module = types.ModuleType("clbench_pullback")
+    sys.modules["clbench_pullback"] = module
     try:
         exec(compile(code, str(GUIDE), "exec"), module.__dict__)
-        record = run_method(module.WiseFT, {"alpha": 0.5}, train={"epochs": 2}, plugins=plugins)
+        record = run_method(module.PullBack, {"alpha": 0.5}, train={"epochs": 2}, plugins=plugins)
     finally:
-        sys.modules.pop("clbench_wiseft", None)
+        sys.modules.pop("clbench_pullback", None)
     assert record["status"] == "done", record.get("traceback")
     assert record["method_state"] == {"alpha": 0.5}
     # alpha = 1 puts the weights back to pretrained after every experience: exactly zero-shot's results
-    restored = run_method(module.WiseFT, {"alpha": 1.0}, plugins=plugins)
+    restored = run_method(module.PullBack, {"alpha": 1.0}, plugins=plugins)
     zeroshot = run_method(plugins.methods.get("zeroshot"), plugins=plugins)
     assert restored["acc_matrix"] == zeroshot["acc_matrix"]
 

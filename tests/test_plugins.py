@@ -342,3 +342,20 @@ def test_unknown_line_is_the_one_shape_of_every_unknown_name():
     assert unknown_line("dataset", "cifar", ["cifar100", "synthetic"]) == \
         "unknown dataset 'cifar' (did you mean 'cifar100'?); known: cifar100, synthetic"
     assert unknown_line("logger", "x", []) == "unknown logger 'x'; known: none"
+
+
+def test_a_plugin_package_that_fails_to_import_is_one_line_naming_it(tmp_path, monkeypatch):
+    import sys
+
+    install(tmp_path / "site", monkeypatch, "import no_such_module_anywhere\n", module="clbench_gone", dist="clbench-gone", entry="gone")
+    try:
+        with pytest.raises(UserError) as info:
+            make_plugin_manager(autoload=True)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith("plugin 'gone' (package clbench-gone) cannot be imported (ModuleNotFoundError: ")
+        assert message.endswith("CLBENCH_BLOCK_PLUGINS=gone")
+        monkeypatch.setenv("CLBENCH_BLOCK_PLUGINS", "gone")
+        assert "zeroshot" in Plugins(make_plugin_manager(autoload=True)).methods
+    finally:
+        sys.modules.pop("clbench_gone", None)
