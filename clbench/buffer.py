@@ -53,7 +53,7 @@ Policy = Literal["class_balanced", "reservoir", "herding"]
 class BufferSpec(BaseModel):
     """How large the memory is and how it is filled; give exactly one of size, per_class, fraction."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     size: Optional[int] = Field(None, ge=0)
     per_class: Optional[int] = Field(None, ge=0)

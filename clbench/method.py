@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class Params(BaseModel):
     """Base for a method's hyper-parameters: unknown keys are errors, values frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Method:

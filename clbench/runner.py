@@ -77,6 +77,17 @@ def _memory_summary(method, learner) -> dict[str, int]:
     return summary
 
 
+def _json_checked(value, what: str):
+    """``value`` if it can go into a JSON record as is (no NaN or inf, only JSON types), else ValueError naming ``what``."""
+    import json
+
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}() must return plain JSON values (str, int, finite float, bool, None, lists, dicts): {exc}") from None
+    return value
+
+
 def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None = None) -> dict:
     """The cell's record; a failure inside the cell becomes a ``failed`` record, bad input a UserError.
 
@@ -136,14 +147,15 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             default_rule = method_cls.uses_zero_shot_rule()  # then cached image features can be reused
             rows.append(learner.evaluate(None if default_rule else method.predict, step, method_cls.scores_unseen_classes))
             report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
-            (on_experience or plugins.experience_end)(report)
             if losses[-1] is not None and not math.isfinite(losses[-1]):
+                (on_experience or plugins.experience_end)(report)
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
-            if checkpoint and step < last:
+            if checkpoint and step < last:  # saved before the experience is reported done, so an interrupt after the report keeps it
                 checkpoint.save({
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
                     "model": learner.model.state_dict(), "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
                 })
+            (on_experience or plugins.experience_end)(report)
         step = None
         control_after = learner.control_accuracy()
         sizes = [len(e.test) for e in stream.experiences]
@@ -151,8 +163,9 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             status="done", initial_acc=initial, train_loss=losses,
             control_acc={"before": control_before, "after": control_after},
             metrics=compute_metrics(rows, sizes, initial, control_before, control_after),
-            method_state=method.record_extras(),
+            method_state=_json_checked(method.record_extras(), "record_extras"),
         )
+        record["memory"] = memory_record(_memory_summary(method, learner))  # a plugin's wrong value fails its cell only
     except UserError:
         raise
     except Exception as exc:  # a broken cell must not stop the grid
@@ -160,8 +173,13 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             status="failed", error=f"{type(exc).__name__}: {exc}", failed_at_experience=step,
             traceback=traceback.format_exc(limit=20),
         )
-    record["buffer"] = method.buffer_summary() if method is not None else {"exemplars": 0, "bytes": 0}
-    record["memory"] = memory_record(_memory_summary(method, learner))
+    try:
+        record["buffer"] = _json_checked(method.buffer_summary() if method is not None else {"exemplars": 0, "bytes": 0}, "buffer_summary")
+        record.setdefault("memory", memory_record(_memory_summary(method, learner)))
+    except Exception as exc:  # a plugin's summary that cannot go into a record fails the cell, never the grid
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", failed_at_experience=None,
+                      traceback=traceback.format_exc(limit=20), buffer={"exemplars": 0, "bytes": 0},
+                      memory=memory_record({}))
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
     if resumed_at is not None:
         record["cost"]["resumed_at_experience"] = resumed_at

@@ -195,7 +195,7 @@ def test_a_resumed_lora_cell_gives_the_same_record(tmp_path, plugins, method):
     cell = cells(tmp_path, lora_suite([method]), plugins)[0]
     uninterrupted = run_cell(cell, plugins, checkpoints=tmp_path / "a")
     interrupted = Plugins(make_plugin_manager())
-    interrupted.pm.register(Interrupt(1))  # the checkpoint after experience 0 exists
+    interrupted.pm.register(Interrupt(0))  # reported done once its checkpoint is saved: the one after experience 0 exists
     with pytest.raises(KeyboardInterrupt):
         run_cell(cell, interrupted, checkpoints=tmp_path / "b")
     saved = torch.load(tmp_path / "b" / f"{cell.cell_id}.pt", weights_only=True)

@@ -33,7 +33,7 @@ def cells_of(tmp_path, methods, plugins, **kw):
 
 
 class Interrupt:
-    """A plugin that stops the run (like Ctrl-C) after a given experience."""
+    """A plugin that stops the run (like Ctrl-C) when a given experience is reported done (its checkpoint is saved by then)."""
 
     def __init__(self, step):
         self.step = step
@@ -55,7 +55,7 @@ def test_resumed_cell_gives_the_same_record(tmp_path, plugins, method, stop_afte
     cell = cells_of(tmp_path, [method], plugins)[0]
     uninterrupted = run_cell(cell, plugins, checkpoints=tmp_path / "a")
     interrupted = Plugins(make_plugin_manager())
-    interrupted.pm.register(Interrupt(stop_after + 1))  # the checkpoint after `stop_after` exists, the next one not
+    interrupted.pm.register(Interrupt(stop_after))  # reported done only once its checkpoint is saved: that one exists
     with pytest.raises(KeyboardInterrupt):
         run_cell(cell, interrupted, checkpoints=tmp_path / "b")
     assert (tmp_path / "b" / f"{cell.cell_id}.pt").is_file()
@@ -260,3 +260,38 @@ def test_fuzzed_yaml_text(tmp_path, text):
         load_suite(path, FUZZ_PLUGINS)
     except UserError as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_plugin_summary_that_cannot_go_into_a_record_fails_its_cell_and_the_grid_goes_on(tmp_path, capsys):
+    import numpy as np
+
+    class BadExtras(Method):
+        name = "bad_extras"
+        trains = False
+
+        def record_extras(self):
+            return {"ratio": np.float32(0.5)}
+
+    class BadMemory(Method):
+        name = "bad_memory"
+        trains = False
+
+        def memory_summary(self):
+            return {"prototypes": 1024 / 2}
+
+    class Plugin:
+        @hookimpl
+        def clbench_add_methods(self, register):
+            register(BadExtras)
+            register(BadMemory)
+
+    plugins = Plugins(make_plugin_manager())
+    plugins.pm.register(Plugin())
+    path = write_suite(tmp_path / "s.yaml", tiny_suite(["bad_extras", "bad_memory", "zeroshot"]))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--results", str(tmp_path / "out")], plugins=plugins)
+    assert info.value.code == 1
+    records = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in (tmp_path / "out" / "records").glob("*.json")}
+    assert records["zeroshot"]["status"] == "done"
+    assert records["bad_extras"]["status"] == "failed" and "record_extras() must return plain JSON values" in records["bad_extras"]["error"]
+    assert records["bad_memory"]["status"] == "failed" and "'prototypes' must be a non-negative int" in records["bad_memory"]["error"]
