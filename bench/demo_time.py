@@ -2,7 +2,7 @@
 
     python bench/demo_time.py [--runs 3]
 
-The demo takes about 4.5 minutes on 2 CPU cores (44 cells); this prints each run,
+The demo takes about 5 minutes on 2 CPU cores (56 cells); this prints each run,
 the median and the spread. It is a benchmark, not a test: timings depend on
 the machine and its load.
 """

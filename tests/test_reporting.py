@@ -29,6 +29,14 @@ def test_paper_grid(plugins):
     assert fractions == {0.01, 0.02, 0.05, 0.1}
 
 
+def test_clip_baselines_grid_holds_every_built_in_method(plugins):
+    suite = load_suite(SUITES / "clip_baselines.yaml", plugins)
+    assert {c.method for c in suite.cells} == set(plugins.methods.names())  # every registered built-in (no plugin installed)
+    assert len(suite.cells) == 14 * 3  # one variant per method × 3 seeds
+    assert {c.config["stream"]["class_order"] for c in suite.cells} == {"icarl"}
+    assert all(c.config["model"] == {"arch": "ViT-B-16", "pretrained": "openai"} for c in suite.cells)
+
+
 def test_train_override_precedence(tmp_path, plugins):
     suite = tiny_suite([{"name": "finetune", "train": {"lr": 0.5}}, "zeroshot"],
                        streams=[{"dataset": "synthetic", "steps": 2, "num_classes": 4, "train": {"lr": 0.25, "epochs": 3}}])
