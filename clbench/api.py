@@ -159,6 +159,8 @@ def _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_
                progress) -> RunSummary:
     from .results import ResultStore
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise UserError(f"workers: must be an integer of at least 1 (cells run at once), got {workers!r}")
     plugins = _plugins(plugins)
     suite = validate_suite(suite_file, plugins=plugins)
     executor_name = executor or suite.executor

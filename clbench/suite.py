@@ -281,6 +281,9 @@ def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict
         only = entry.pop("streams", None)  # limits the entry to these streams; never a grid axis
         if only is not None and (not isinstance(only, list) or not only or not all(isinstance(s, str) for s in only)):
             raise UserError(f"{file}: {where}.streams: must be a non-empty list of stream labels (their 'name' keys)")
+        if only is not None and len(set(only)) != len(only):
+            dup = next(s for s in only if only.count(s) > 1)
+            raise UserError(f"{file}: {where}.streams: stream '{dup}' is listed twice; each stream once")
         for key, value in entry.items():
             if value == [] or (isinstance(value, dict) and any(v == [] for v in value.values())):
                 raise UserError(f"{file}: {where}.{key}: an empty list makes an empty grid; give at least one value")

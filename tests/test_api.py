@@ -148,3 +148,10 @@ def test_run_method_sets_hub_offline_only_while_its_cell_runs(monkeypatch, plugi
     testing.run_method(plugins.methods.get("zeroshot"), plugins=plugins)
     assert seen == ["1", "0"] and os.environ["HF_HUB_OFFLINE"] == "0"
 
+
+
+@pytest.mark.parametrize("workers", [0, -3, 1.5, True])
+def test_run_suite_refuses_what_the_cli_refuses_for_workers(tmp_path, suite_file, plugins, workers):
+    with pytest.raises(UserError, match="workers: must be an integer of at least 1"):
+        clbench.run_suite(suite_file, tmp_path / "out", workers=workers, plugins=plugins)
+    assert not (tmp_path / "out").exists()  # refused before any work

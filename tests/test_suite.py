@@ -195,3 +195,5 @@ def test_a_method_entry_limited_to_some_streams(tmp_path, plugins):
     assert {c.variant for c in cells if c.method == "finetune"} == {"finetune (loss=ce)", "finetune (loss=contrastive)"}
     suite["methods"][1]["streams"] = ["tow"]
     assert "methods[1].streams: unknown stream 'tow' (did you mean 'two'?)" in error_of(tmp_path, suite, plugins)
+    suite["methods"][1]["streams"] = ["two", "two"]
+    assert "methods[1].streams: stream 'two' is listed twice; each stream once" in error_of(tmp_path, suite, plugins)
