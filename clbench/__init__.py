@@ -23,6 +23,7 @@ _LAZY = {
     "DatasetPlugin": "clbench.dataset_plugin",
     "Method": "clbench.method",
     "Params": "clbench.method",
+    "no_grad": "clbench.method",
     "RunSummary": "clbench.api",
     "run_suite": "clbench.api",
     "validate_suite": "clbench.api",
@@ -30,7 +31,7 @@ _LAZY = {
     "write_plots": "clbench.api",
 }
 
-__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "RunSummary", "run_suite", "validate_suite", "leaderboard",
+__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "RunSummary", "run_suite", "validate_suite", "leaderboard",
            "write_plots", "hookimpl", "__version__"]  # every lazy name, and the two defined here
 
 

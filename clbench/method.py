@@ -7,6 +7,7 @@ the training loop, evaluation and cost meters. A fresh instance runs each cell.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -105,3 +106,18 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def no_grad(fn):
+    """``torch.no_grad()`` as a decorator that imports torch only when ``fn`` is called.
+
+    ``@torch.no_grad()`` in a class body would import torch while the plugin module loads,
+    and every ``clbench validate`` / ``list`` would then pay for it.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper

@@ -41,24 +41,14 @@ width and the λ history; W is redrawn from the seed.
 """
 from __future__ import annotations
 
-import functools
-
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import Method, Params, hookimpl
+from clbench import Method, Params, hookimpl, no_grad
 from clbench.memory import nbytes
 
 torch = lazy.load("torch")
 
-
-def _no_grad(fn):
-    """``torch.no_grad()`` as a decorator that touches torch only when called (so importing this module stays torch-free)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-    return wrapper
 
 #: the reference's ridge grid (``optimise_ridge_parameter``: 10.0 ** np.arange(-8, 9))
 RIDGE_GRID = tuple(10.0 ** k for k in range(-8, 9))
@@ -146,7 +136,7 @@ class RanPAC(Method):
         self.G = torch.zeros(width, width, device=device)
         self.Q = torch.zeros(width, self.learner.dataset.num_classes, device=device)
 
-    @_no_grad
+    @no_grad
     def after_experience(self, exp) -> None:
         learner = self.learner
         feats = learner.features(exp.train)
@@ -164,7 +154,7 @@ class RanPAC(Method):
         self.ridges.append(ridge)
         self.Wo = ridge_solve(self.G, self.Q, ridge)
 
-    @_no_grad
+    @no_grad
     def predict(self, images, classes):
         """(B, len(classes)): relu(f W) · Wo[:, c]."""
         if self.Wo is None:

@@ -28,24 +28,14 @@ the same thing).
 """
 from __future__ import annotations
 
-import functools
-
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import Method, Params, hookimpl
+from clbench import Method, Params, hookimpl, no_grad
 from clbench.memory import nbytes
 
 torch = lazy.load("torch")
 
-
-def _no_grad(fn):
-    """``torch.no_grad()`` as a decorator that touches torch only when called (so importing this module stays torch-free)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-    return wrapper
 
 FORMULA = "score_c = (1 - w) * cos(f(x), p_c) + w * cos(f(x), t_c); p_c = mean of class c's L2-normalised training features (Zhou et al. 2024)"
 
@@ -68,7 +58,7 @@ class SimpleCIL(Method):
     def train(self, exp) -> None:
         pass
 
-    @_no_grad
+    @no_grad
     def after_experience(self, exp) -> None:
         feats = self.learner.features(exp.train).float()
         labels = exp.train.labels.to(feats.device).long()
@@ -85,7 +75,7 @@ class SimpleCIL(Method):
         protos = torch.nn.functional.normalize(self.sums[index], dim=1)
         return torch.where((self.counts[index] > 0)[:, None], protos, torch.full_like(protos, float("nan")))
 
-    @_no_grad
+    @no_grad
     def predict(self, images, classes):
         """(B, len(classes)) blended cosine scores; −inf for a class without a prototype."""
         learner = self.learner

@@ -28,26 +28,16 @@ Resuming needs no state: ``__init__`` always sees the initial weights.
 """
 from __future__ import annotations
 
-import functools
-
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import hookimpl
+from clbench import hookimpl, no_grad
 from clbench.memory import nbytes
 
 from .finetune import Finetune, FinetuneParams
 
 torch = lazy.load("torch")
 
-
-def _no_grad(fn):
-    """``torch.no_grad()`` as a decorator that touches torch only when called (so importing this module stays torch-free)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-    return wrapper
 
 FORMULA = "theta <- (1 - alpha) * theta_0 + alpha * theta_ft after each experience (theta_0: initial zero-shot weights; alpha: weight of the fine-tuned model, Wortsman et al. 2022)"
 
@@ -64,7 +54,7 @@ class WiseFT(Finetune):
         super().__init__(params, learner)
         self.zero_shot = {k: v.detach().clone() for k, v in learner.weights().items() if v.is_floating_point()}
 
-    @_no_grad
+    @no_grad
     def after_experience(self, exp) -> None:
         alpha = self.params.alpha
         for name, weight in self.learner.weights().items():

@@ -19,6 +19,8 @@ from clbench.runner import run_cell, seed_everything  # noqa: E402
 from clbench.suite import cell_id_of, load_suite  # noqa: E402
 from clbench.testing import tiny_suite, write_suite  # noqa: E402
 
+from .test_reliability import Interrupt  # noqa: E402
+
 LORA = {"kind": "lora", "rank": 4, "alpha": 8}
 ARCH = "clbench-tiny-32"  # both towers: 2 blocks of width 64, MLP 4 x 64 = 256 (clbench/model_configs)
 WIDTH, MLP, BLOCKS = 64, 256, 2
@@ -178,16 +180,6 @@ def test_adapter_bytes_add_to_a_replay_method_s_memory(tmp_path, plugins):
     record = run_cell(cells(tmp_path, lora_suite([{"name": "er", "buffer": {"size": 6}}]), plugins)[0], plugins)
     assert set(record["memory"]["bytes"]) == {"adapters", "replay_images"}
     assert record["memory"]["total_bytes"] == sum(record["memory"]["bytes"].values())
-
-
-class Interrupt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def clbench_experience_end(self, cell, step, acc_row, learner):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("method", ["finetune", {"name": "dro_replay", "buffer": {"size": 6}}], ids=["finetune", "dro_replay"])

@@ -6,13 +6,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from clbench import Batch, hookimpl
+from clbench import Batch
 from clbench.data.base import InMemoryImageSet
 from clbench.plugins import Plugins, make_plugin_manager
 from clbench.runner import run_cell
 from clbench.suite import load_suite
 from clbench.testing import run_method, tiny_suite, write_suite
 from clbench_methods.derpp import DERpp, DERppParams, ScoreMemory, derpp_loss
+
+from .test_reliability import Interrupt
 
 
 def register(plugins):
@@ -128,18 +130,6 @@ def test_derpp_runs_and_reports_its_memory(plugins):
     assert kinds["stored_outputs"] == 10 * 6 * 4  # a float32 row over the stream's 6 classes per exemplar
     assert kinds["replay_images"] == record["buffer"]["bytes"] > 0
     assert record["method_state"]["alpha"] == 0.3 and "mse" in record["method_state"]["formula"]
-
-
-class Interrupt:
-    """Stops the run (like Ctrl-C) after experience ``step``, before its checkpoint is written."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def clbench_experience_end(self, step):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_a_cell_interrupted_after_experience_1_and_rerun_gives_the_same_record(tmp_path, plugins):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from clbench import Batch, hookimpl
+from clbench import Batch
 from clbench.data.base import InMemoryImageSet
 from clbench.losses import cross_entropy_loss
 from clbench.plugins import Plugins, make_plugin_manager
@@ -15,6 +15,8 @@ from clbench.runner import run_cell
 from clbench.suite import load_suite
 from clbench.testing import run_method, tiny_suite, write_suite
 from clbench_methods.gdumb import GDumb, GDumbParams, GreedyMemory, cutmix, cutmix_box
+
+from .test_reliability import Interrupt
 
 A, B, C = 10, 20, 30  # class ids
 STREAM = [(0, A), (1, A), (2, A), (3, A), (4, B), (5, B), (6, C), (7, C), (8, A)]
@@ -152,18 +154,6 @@ def test_gdumb_runs_with_a_balanced_memory(plugins):
     assert record["method_state"]["memory_classes"] == {str(c): 2 for c in record["class_order"]}  # 12 // 6 each
     kinds = record["memory"]["bytes"]
     assert kinds["replay_images"] == record["buffer"]["bytes"] > 0 and kinds["frozen_models"] > 0
-
-
-class Interrupt:
-    """Stops the run (like Ctrl-C) after experience ``step``, before its checkpoint is written."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def clbench_experience_end(self, step):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_a_resumed_cell_still_resets_to_the_pretrained_weights(tmp_path, plugins):

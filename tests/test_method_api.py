@@ -102,3 +102,19 @@ def test_a_method_paired_with_a_scenario_it_does_not_support_is_refused_by_valid
         load_suite(bad, plugins)
     assert str(info.value) == (f"{bad}: methods[1].name: method 'classes_only' is built for class_incremental streams, "
                                f"not stream 'synthetic-di' (domain_incremental); pair it with another stream")
+
+
+def test_no_grad_switches_gradients_off_only_while_the_function_runs():
+    import torch
+
+    from clbench import no_grad
+
+    x = torch.ones(2, requires_grad=True)
+
+    @no_grad
+    def double(t):
+        """Twice t."""
+        return 2 * t
+
+    assert not double(x).requires_grad and (2 * x).requires_grad
+    assert double.__doc__ == "Twice t." and double.__name__ == "double"
