@@ -33,7 +33,7 @@ PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 #: the Learner's surface for methods (attributes and methods); the snapshot's is ``FrozenModel.METHOD_API``
 METHOD_API = ("device", "seed", "stream", "dataset", "train_config", "encode_images", "encode_texts", "class_features",
               "logit_scale", "zero_shot_logits", "freeze", "weights", "trainable_parameters", "weights_changed", "fit",
-              "features", "snapshot", "preprocess")
+              "features", "snapshot", "preprocess", "image_tower")
 TOWERS = ("text", "image")
 
 
@@ -63,9 +63,31 @@ class Encoders:
         """CLIP's learned temperature exp(t), clamped at 100 as in CLIP's training: a scalar tensor on the device."""
         return self.model.logit_scale.exp().clamp(max=100)
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features (B, D) of preprocessed images (B, 3, S, S), with gradients when training."""
-        return F.normalize(self.model.encode_image(images).float(), dim=-1)
+    def encode_images(self, images: torch.Tensor, prompts: torch.Tensor | None = None,
+                      prefixes: dict | None = None, adapters: dict | None = None) -> torch.Tensor:
+        """L2-normalised image features (B, D) of preprocessed images (B, 3, S, S), with gradients when training.
+
+        A method's own additions to a ViT image tower, none by default (clbench/image_tower.py):
+        ``prompts`` (B, P, W) or (P, W) tokens after the class token before the first block
+        (prompt tuning, L2P); ``prefixes`` {block: (keys, values)}, each (B, Lp, W) or (Lp, W),
+        joined to that block's attention keys and values (prefix tuning, CODA-Prompt);
+        ``adapters`` {block: f}, f((B, N, W)) -> (B, N, W) added beside the block's MLP
+        (parallel adapters, MoE-Adapters). Blocks count from 0; ``image_tower`` gives W and the
+        block count. UserError for a tower that cannot take them (not open_clip's ViT, or LoRA).
+        """
+        if prompts is None and not prefixes and not adapters:
+            return F.normalize(self.model.encode_image(images).float(), dim=-1)
+        from .image_tower import encode
+
+        return F.normalize(encode(self.model.visual, images, prompts, prefixes, adapters).float(), dim=-1)
+
+    @property
+    def image_tower(self):
+        """The image tower's sizes for prompts and adapters: ``clbench.image_tower.TowerShape`` (``width`` W,
+        ``blocks``, ``tokens``, ``heads``, ``output_dim``). UserError when the tower cannot be extended."""
+        from .image_tower import tower_shape
+
+        return tower_shape(self.model.visual)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text features (len(texts), D) of raw strings (tokenised here)."""
@@ -228,8 +250,12 @@ class Learner(Encoders):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def fit(self, exp: Experience, loss_fn: LossFn, data: ImageSet | None = None, epochs: int | None = None,
-            replay=None, replay_batch_size: int = 0) -> None:
+            replay=None, replay_batch_size: int = 0, parameters: Iterable[torch.nn.Parameter] = ()) -> None:
         """The shared loop: epochs over ``data`` (default: the experience's training set).
+
+        It trains the model's parameters that require gradients and ``parameters``: the method's
+        own (prompt pools, adapters, routers, on the Learner's device), in the same optimizer,
+        schedule and mixed precision.
 
         ``loss_fn(batch)`` gets a ``clbench.Batch`` and returns a scalar tensor. With a
         non-empty ``replay`` memory (anything with ``len`` and ``sample(n)`` returning (uint8
@@ -240,8 +266,12 @@ class Learner(Encoders):
         data = exp.train if data is None else data
         epochs = self.cfg.epochs if epochs is None else epochs
         params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in parameters:
+            if p.requires_grad and all(p is not q for q in params):
+                params.append(p)
         if not params:
-            raise RuntimeError("fit: every parameter is frozen (model.adapter's towers and the method's freeze()), so there is nothing to train")
+            raise RuntimeError("fit: every parameter is frozen (model.adapter's towers and the method's freeze()) and the "
+                               "method passed no parameters of its own, so there is nothing to train")
         optimizer = self.make_optimizer(params)
         steps_per_epoch = math.ceil(len(data) / self.cfg.batch_size)
         schedule = self.make_schedule(optimizer, epochs * steps_per_epoch)
@@ -331,27 +361,46 @@ class Learner(Encoders):
                 self.cost.eval_images += len(labels)
         return int(correct) / len(data)
 
-    def evaluate(self, predict: PredictFn | None, t: int, unseen_classes: bool = True) -> list[float | None]:
+    def evaluate(self, predict: PredictFn | None, t: int, unseen_classes: bool = True,
+                 from_features: bool = False) -> list[float | None]:
         """Row t of the accuracy matrix: every experience's test set after step t.
 
-        ``predict=None`` means CLIP's zero-shot rule, which reuses image features
-        computed earlier while the weights have not changed. With
-        ``unseen_classes=False`` a test set whose label space needs classes not
-        seen through step t is skipped (None).
+        ``predict=None`` means CLIP's zero-shot rule. With ``from_features``, ``predict`` takes
+        L2-normalised image features (B, D) instead of images (``Method.predict_features``).
+        Both reuse each test set's image features while the image tower has not changed.
+        With ``unseen_classes=False`` a test set whose label space needs classes not seen
+        through step t is skipped (None).
         """
         row, n_seen = [], len(self.stream.seen(t))
         for exp in self.stream.experiences:
             classes = self.stream.eval_classes(t, exp.index)
             skip = not unseen_classes and len(classes) > n_seen
-            row.append(None if skip else self._accuracy(predict, exp.test, classes))
+            row.append(None if skip else self._accuracy(predict, exp.test, classes, from_features))
         return row
 
     def evaluate_initial(self) -> list[float]:
         """Z[j]: the untouched model's zero-shot accuracy on experience j, scored as A[j-1][j] will be."""
         return [self._accuracy(None, exp.test, self.stream.eval_classes(exp.index - 1, exp.index)) for exp in self.stream.experiences]
 
-    def _accuracy(self, predict, data: ImageSet, classes: list[int]) -> float:
-        return self.accuracy(predict, data, classes) if predict is not None else self.zero_shot_accuracy(data, classes)
+    def _accuracy(self, predict, data: ImageSet, classes: list[int], from_features: bool = False) -> float:
+        if predict is None:
+            return self.zero_shot_accuracy(data, classes)
+        return self.feature_accuracy(predict, data, classes) if from_features else self.accuracy(predict, data, classes)
+
+    @torch.no_grad()
+    def feature_accuracy(self, predict_features: PredictFn, data: ImageSet, classes: list[int]) -> float:
+        """Top-1 accuracy of ``predict_features`` (features (B, D) -> scores) on the cached features of ``data``."""
+        feats = self.image_features(data)
+        class_ids = torch.tensor(classes, device=self.device)
+        labels = data.labels.to(self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        step = self.cfg.eval_batch_size
+        with self.cost.timing("eval", self.device):
+            for start in range(0, len(feats), step):
+                with self.autocast():
+                    scores = predict_features(feats[start:start + step], classes)
+                correct += (class_ids[scores.argmax(dim=1)] == labels[start:start + step]).sum()
+        return int(correct) / len(data)
 
     @torch.no_grad()
     def image_features(self, data: ImageSet) -> torch.Tensor:

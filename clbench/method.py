@@ -74,14 +74,36 @@ class Method:
         """Called after training on ``exp`` and before it is evaluated."""
 
     def predict(self, images: "torch.Tensor", classes: list[int]) -> "torch.Tensor":
-        """Scores of shape (batch, len(classes)); the default is CLIP's zero-shot rule."""
-        return self.learner.zero_shot_logits(images, classes)
+        """Scores (batch, len(classes)) of preprocessed images (batch, 3, S, S) over the label space ``classes``.
+
+        The default scores ``learner.encode_images(images)`` with ``predict_features``. Override it
+        when scores need more than the image tower's features (prompts chosen per image, a second
+        model); evaluation then runs the images through it for every test set at every step.
+        """
+        return self.predict_features(self.learner.encode_images(images), classes)
+
+    def predict_features(self, features: "torch.Tensor", classes: list[int]) -> "torch.Tensor":
+        """Scores (batch, len(classes)) from L2-normalised image features (batch, D) of the model's image tower.
+
+        The default is CLIP's zero-shot rule (``logit_scale`` × cosine to each class's prompt
+        ensemble). A method whose scores depend on an image only through these features (a
+        prototype or ridge classifier on a frozen tower) overrides this and not ``predict``:
+        evaluation then scores each test set from its features, computed once per version of
+        the image tower's weights (a frozen tower: once per cell).
+        """
+        learner = self.learner
+        return learner.logit_scale * features @ learner.class_features(classes).t()
+
+    @classmethod
+    def scores_from_features(cls) -> bool:
+        """True when scores come from ``predict_features`` (``predict`` not overridden), so evaluation may
+        reuse each test set's cached image features while the image tower is unchanged."""
+        return cls.predict is Method.predict
 
     @classmethod
     def uses_zero_shot_rule(cls) -> bool:
-        """True when ``predict`` is CLIP's zero-shot rule, so evaluation may reuse cached test-set image
-        features while the image tower is unchanged. True exactly when ``predict`` is not overridden."""
-        return cls.predict is Method.predict
+        """True when scores are CLIP's zero-shot rule: neither ``predict`` nor ``predict_features`` is overridden."""
+        return cls.predict is Method.predict and cls.predict_features is Method.predict_features
 
     # --- what goes into the record and what resume needs ---------------------
     def record_extras(self) -> dict[str, Any]:

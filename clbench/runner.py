@@ -144,8 +144,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                 method.train(exp)
             method.after_experience(exp)
             losses.append(learner.last_train_loss if method_cls.trains else None)
-            default_rule = method_cls.uses_zero_shot_rule()  # then cached image features can be reused
-            rows.append(learner.evaluate(None if default_rule else method.predict, step, method_cls.scores_unseen_classes))
+            rows.append(evaluate_step(learner, method, step))
             report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
             if losses[-1] is not None and not math.isfinite(losses[-1]):
                 (on_experience or plugins.experience_end)(report)
@@ -185,3 +184,13 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         record["cost"]["resumed_at_experience"] = resumed_at
     record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed, model_info)
     return record
+
+
+def evaluate_step(learner, method, step: int) -> list:
+    """Row ``step`` of the accuracy matrix, reusing cached test-set image features where the method's scores allow."""
+    cls = type(method)
+    if cls.uses_zero_shot_rule():
+        return learner.evaluate(None, step, cls.scores_unseen_classes)
+    if cls.scores_from_features():
+        return learner.evaluate(method.predict_features, step, cls.scores_unseen_classes, from_features=True)
+    return learner.evaluate(method.predict, step, cls.scores_unseen_classes)

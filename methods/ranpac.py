@@ -155,11 +155,11 @@ class RanPAC(Method):
         self.Wo = ridge_solve(self.G, self.Q, ridge)
 
     @no_grad
-    def predict(self, images, classes):
-        """(B, len(classes)): relu(f W) · Wo[:, c]."""
+    def predict_features(self, features, classes):
+        """(B, len(classes)) from L2-normalised image features (B, D): relu(f W) · Wo[:, c]."""
         if self.Wo is None:
             raise RuntimeError("ranpac has no classifier before its first experience")
-        H = project(self.learner.encode_images(images), self.W)
+        H = project(features, self.W)
         return H @ self.Wo[:, torch.tensor(classes, device=self.Wo.device)]
 
     def memory_summary(self):

@@ -76,10 +76,10 @@ class SimpleCIL(Method):
         return torch.where((self.counts[index] > 0)[:, None], protos, torch.full_like(protos, float("nan")))
 
     @no_grad
-    def predict(self, images, classes):
-        """(B, len(classes)) blended cosine scores; −inf for a class without a prototype."""
+    def predict_features(self, features, classes):
+        """(B, len(classes)) blended cosine scores from L2-normalised image features (B, D); −inf for a class without a prototype."""
         learner = self.learner
-        features = learner.encode_images(images).float()
+        features = features.float()
         protos = self.prototypes(classes)
         scores = features @ protos.t()
         w = self.params.text_weight
