@@ -144,9 +144,14 @@ class StreamConfig(Section):
     model_config = ConfigDict(extra="allow", frozen=True)
     SEEDED_ORDER: ClassVar[str] = "seeded"  # the default order's name; stored as null in the resolved config
 
-    dataset: str
-    scenario: Literal["class_incremental", "domain_incremental"] = "class_incremental"
+    dataset: Optional[str] = None  # the dataset plugin's name (a dataset-incremental stream lists ``datasets`` instead)
+    scenario: Literal["class_incremental", "domain_incremental", "dataset_incremental"] = "class_incremental"
     steps: Optional[PositiveInt] = None  # class-incremental: number of experiences
+    #: dataset-incremental: the datasets in order, each ``{dataset: name, label: optional, <its options>}``
+    datasets: Optional[list[dict]] = None
+    #: dataset-incremental: ``dataset`` scores each test set over its own dataset's classes (MTIL), ``all`` over
+    #: every dataset's (X-TAIL)
+    label_space: Optional[Literal["dataset", "all"]] = None
     name: Optional[str] = None  # label in tables; default dataset/scenario/steps
     class_order: Optional[Union[str, list[int]]] = None  # an order's name, or a permutation of the class ids; None: seeded
     domains: Optional[list[str]] = None  # restrict to these domains (and this order)

@@ -30,6 +30,9 @@ DEFINITIONS = {
     "bwt": "mean over old experiences of final minus just-learned accuracy",
     "fwt": "mean over experiences of accuracy just before training on them minus the initial zero-shot accuracy",
     "zs_retention": "zero-shot accuracy on held-out control classes after the last step, relative to before the first",
+    "transfer": "MTIL's Transfer: mean over test sets of their accuracy at the steps before their own was trained",
+    "mtil_avg": "MTIL's Avg: mean over test sets of their accuracy averaged over every step",
+    "mtil_last": "MTIL's Last: mean over test sets of their final accuracy",
 }
 SIGNIFICANCE = 0.05
 

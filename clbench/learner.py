@@ -33,7 +33,7 @@ PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 #: the Learner's surface for methods (attributes and methods); the snapshot's is ``FrozenModel.METHOD_API``
 METHOD_API = ("device", "seed", "stream", "dataset", "train_config", "encode_images", "encode_texts", "class_features",
               "logit_scale", "zero_shot_logits", "freeze", "weights", "trainable_parameters", "weights_changed", "fit",
-              "features", "snapshot", "preprocess", "image_tower")
+              "features", "snapshot", "preprocess", "image_tower", "image_size")
 TOWERS = ("text", "image")
 
 
@@ -113,14 +113,22 @@ class Encoders:
         return torch.stack([self._text_cache[(c, key)] for c in classes])
 
     def _class_features(self, classes: list[int], template: int | None) -> torch.Tensor:
-        if template is not None and not 0 <= template < len(self.dataset.templates):
-            n = len(self.dataset.templates)
-            raise UserError(f"template: {template} but dataset '{self.dataset.name}' has {n} prompt template"
-                            f"{'s' if n != 1 else ''}; use 0{'' if n == 1 else f'..{n - 1}'}")
-        templates = self.dataset.templates if template is None else [self.dataset.templates[template]]
-        names = self.dataset.class_names
-        prompts = [t.format(names[c]) for c in classes for t in templates]
-        feats = self.encode_texts(prompts).view(len(classes), len(templates), -1).mean(1)
+        data = self.dataset
+        per_class = [data.templates_of(c) for c in classes]
+        if template is not None:
+            n = min((len(t) for t in per_class), default=len(data.templates))
+            if not 0 <= template < n:
+                raise UserError(f"template: {template} but dataset '{data.name}' has {n} prompt template"
+                                f"{'s' if n != 1 else ''}; use 0{'' if n == 1 else f'..{n - 1}'}")
+            per_class = [[t[template]] for t in per_class]
+        names = data.class_names
+        prompts = [t.format(names[c]) for c, templates in zip(classes, per_class) for t in templates]
+        feats = self.encode_texts(prompts)
+        counts = [len(t) for t in per_class]
+        if len(set(counts)) <= 1:  # the usual case: one reshape
+            feats = feats.view(len(classes), counts[0] if counts else len(prompts), -1).mean(1)
+        else:  # classes of different datasets carry different numbers of templates
+            feats = torch.stack([chunk.mean(0) for chunk in feats.split(counts)])
         return F.normalize(feats, dim=-1)
 
     def zero_shot_logits(self, images: torch.Tensor, classes: list[int]) -> torch.Tensor:
@@ -184,6 +192,12 @@ class Learner(Encoders):
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
         return (x - self._mean) / self._std
+
+    @property
+    def image_size(self) -> int:
+        """The model's input side in pixels (``preprocess`` resizes to image_size × image_size), e.g. for
+        building a dataset of a method's own whose files are decoded at a chosen size."""
+        return self.clip.image_size
 
     @property
     def train_config(self) -> TrainConfig:
@@ -371,10 +385,10 @@ class Learner(Encoders):
         With ``unseen_classes=False`` a test set whose label space needs classes not seen
         through step t is skipped (None).
         """
-        row, n_seen = [], len(self.stream.seen(t))
+        row, seen = [], set(self.stream.seen(t))
         for exp in self.stream.experiences:
             classes = self.stream.eval_classes(t, exp.index)
-            skip = not unseen_classes and len(classes) > n_seen
+            skip = not unseen_classes and exp.index > t and not seen.issuperset(classes)
             row.append(None if skip else self._accuracy(predict, exp.test, classes, from_features))
         return row
 

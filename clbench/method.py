@@ -40,7 +40,7 @@ class Method:
     #: accuracy matrix) and ``fwt`` is None
     scores_unseen_classes: ClassVar[bool] = True
     #: the scenarios the method is built for (as Mammoth's COMPATIBILITY); validate refuses a suite pairing it with another
-    scenarios: ClassVar[tuple[str, ...]] = ("class_incremental", "domain_incremental")
+    scenarios: ClassVar[tuple[str, ...]] = ("class_incremental", "domain_incremental", "dataset_incremental")
 
     @classmethod
     def check(cls, params: Params, stream: "StreamFacts", train: "TrainConfig") -> dict[str, str]:

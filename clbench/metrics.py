@@ -21,6 +21,9 @@ HIGHER_IS_BETTER = {
     "bwt": True,
     "fwt": True,
     "zs_retention": True,
+    "transfer": True,
+    "mtil_avg": True,
+    "mtil_last": True,
 }
 METRICS = tuple(HIGHER_IS_BETTER)
 
@@ -90,6 +93,36 @@ def zs_retention(control_before: Optional[float], control_after: Optional[float]
     return control_after / control_before
 
 
+def transfer(A: Matrix) -> Optional[float]:
+    """MTIL's Transfer (Zheng et al. 2023): mean over j ≥ 1 of the mean of A[t][j] over t < j; None for one step.
+
+    Each test set's accuracy before its own experience is trained (the upper triangle),
+    averaged per test set, then over test sets, as ZSCL's evaluation (mtil/results.ipynb,
+    ``statistics``) and RAIL's (``np.triu(table, k=1)`` column means) compute it. None when
+    an entry above the diagonal is missing (a method that cannot score unseen classes).
+    """
+    T = len(A)
+    if T < 2 or any(A[t][j] is None for j in range(1, T) for t in range(j)):
+        return None
+    return sum(sum(A[t][j] for t in range(j)) / j for j in range(1, T)) / (T - 1)
+
+
+def mtil_avg(A: Matrix) -> Optional[float]:
+    """MTIL's Avg (Zheng et al. 2023): mean over test sets of their mean accuracy over every step (all T rows).
+
+    ZSCL's ``arr.mean(axis=0).mean()``. None when any entry is missing.
+    """
+    T = len(A)
+    if any(A[t][j] is None for t in range(T) for j in range(T)):
+        return None
+    return sum(sum(A[t][j] for t in range(T)) / T for j in range(T)) / T
+
+
+def mtil_last(A: Matrix) -> float:
+    """MTIL's Last (Zheng et al. 2023): the unweighted mean of the final row (the same value as ``avg_acc``)."""
+    return avg_acc(A)
+
+
 def compute_metrics(A: Matrix, sizes, initial=None, control_before=None, control_after=None) -> dict:
     """Every metric of SPEC.md; ``None`` where a metric is undefined (e.g. one step).
 
@@ -109,4 +142,7 @@ def compute_metrics(A: Matrix, sizes, initial=None, control_before=None, control
         "bwt": bwt(A),
         "fwt": fwt(A, initial),
         "zs_retention": zs_retention(control_before, control_after),
+        "transfer": transfer(A),
+        "mtil_avg": mtil_avg(A),
+        "mtil_last": mtil_last(A),
     }

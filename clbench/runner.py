@@ -33,17 +33,36 @@ def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
     """The cell's stream; a dataset with an ``input_size_option`` (file-based ones) gets ``image_size`` (the model's)
     there unless the suite set it."""
     cfg = cell.config["stream"]
+    where = f"stream '{cell.stream_label}'"
+    if cfg["scenario"] == "dataset_incremental":  # one dataset per experience (MTIL, X-TAIL)
+        from .data.sequence import few_shot, merge_datasets
+
+        parts = []
+        for item in cfg["datasets"]:
+            data = _build_dataset(plugins, item, image_size)
+            parts.append((item["label"], few_shot(data, item["shots"], cell.seed) if item.get("shots") else data))
+        dataset = merge_datasets(parts, image_size or max(_largest_side(d) for _, d in parts))
+        return build_stream(dataset, "dataset_incremental", cell.seed, cell.stream_label, where=where,
+                            prompts=cfg.get("prompts"), label_space=cfg["label_space"])
+    dataset = _build_dataset(plugins, cfg, image_size)
+    return build_stream(
+        dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
+        domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=where, prompts=cfg.get("prompts"),
+    )
+
+
+def _build_dataset(plugins, cfg: dict, image_size: int | None):
+    """The dataset of a resolved ``{dataset, options, runtime_options}``; a file-based one decodes at ``image_size``."""
     plugin = plugins.datasets.get(cfg["dataset"])
     options = {**cfg["options"], **(cfg.get("runtime_options") or {})}
     size_key = plugin.input_size_option
     if image_size and size_key and options.get(size_key) is None:
         options[size_key] = image_size
-    dataset = plugin.build(options)
-    return build_stream(
-        dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
-        domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=f"stream '{cell.stream_label}'",
-        prompts=cfg.get("prompts"),
-    )
+    return plugin.build(options)
+
+
+def _largest_side(dataset) -> int:
+    return int(max(dataset.train.load(torch.tensor([0])).shape[-2:])) if len(dataset.train) else 1
 
 
 def _base_record(cell: Cell) -> dict:

@@ -9,6 +9,7 @@ Every problem is a ``UserError`` naming the file and the key, e.g.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -27,8 +28,8 @@ from .metrics import METRICS
 from .registry import did_you_mean, unknown_line
 from .suite_yaml import _deep_merge, load_raw, read_yaml
 
-__all__ = ["Cell", "Suite", "load_suite", "cell_id_of", "known_architectures", "RUNTIME_OPTIONS", "RESULTS_VERSION",
-           "TOP_KEYS", "METHOD_KEYS", "load_raw", "read_yaml"]
+__all__ = ["Cell", "Suite", "load_suite", "cell_id_of", "known_architectures", "dataset_options", "OptionProblem",
+           "RUNTIME_OPTIONS", "RESULTS_VERSION", "TOP_KEYS", "METHOD_KEYS", "load_raw", "read_yaml"]
 
 TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor", "loggers")
 METHOD_KEYS = ("name", "train", "streams")
@@ -104,19 +105,59 @@ def _validate(model: type[BaseModel], data: Any, file: Path, where: str) -> Base
     try:
         return model(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        key = f"{where}.{loc}" if loc else where
-        if err["type"] == "extra_forbidden":
-            raise UserError(_unknown_key(file, key, str(err["loc"][-1]), model.model_fields)) from None
-        raise UserError(f"{file}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+        loc, problem = _problem_of(exc, model)
+        raise UserError(f"{file}: {f'{where}.{loc}' if loc else where}: {problem}") from None
     except TypeError as exc:
         raise UserError(f"{file}: {where}: {exc}") from None
 
 
+def _problem_of(exc: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
+    """(the dotted key, the one-line problem) of a pydantic error: its first error, as every suite error words it."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return loc, _unknown_key_line(str(err["loc"][-1]), model.model_fields)
+    if not loc:  # a check across keys (a model validator): its own words say what is wrong, the input is every key
+        return loc, str(err["msg"]).removeprefix("Value error, ")
+    return loc, f"{err['msg']} (got {err.get('input')!r})"
+
+
+def _unknown_key_line(key: str, allowed) -> str:
+    return f"unknown key{did_you_mean(key, allowed)}; known keys: {', '.join(allowed)}"
+
+
 def _unknown_key(file: Path, at: str, key: str, allowed) -> str:
     """``FILE: AT: unknown key (did you mean 'x'?); known keys: ...`` (AT is the key's full path)."""
-    return f"{file}: {at}: unknown key{did_you_mean(key, allowed)}; known keys: {', '.join(allowed)}"
+    return f"{file}: {at}: {_unknown_key_line(key, allowed)}"
+
+
+class OptionProblem(ValueError):
+    """A dataset name or option that cannot work: ``key`` (``dataset`` or the option's dotted name) and ``problem`` (one line)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def dataset_options(plugins, name: str, options: dict, other_keys=()) -> tuple[type[DatasetPlugin], dict]:
+    """The dataset plugin registered as ``name`` and ``options`` validated by its ``Options`` (defaults filled in, JSON values).
+
+    The one check of a dataset and its options, shared by streams and by methods that name a dataset of
+    their own (``clbench.datasets``); no data is read and torch is not imported. ``other_keys``: keys the
+    caller accepts beside the dataset's own (a stream's ``scenario``, ``steps``, ...), listed in the
+    "known keys" of an unknown key. Raises ``OptionProblem`` for an unknown dataset (with a did-you-mean
+    and the registered names), an unknown option, or a value the dataset's ``Options`` refuses.
+    """
+    if name not in plugins.datasets:
+        raise OptionProblem("dataset", unknown_line("dataset", name, plugins.datasets.names()))
+    plugin: type[DatasetPlugin] = plugins.datasets.get(name)
+    unknown = [k for k in options if k not in plugin.Options.model_fields]
+    if unknown:
+        raise OptionProblem(str(unknown[0]), _unknown_key_line(str(unknown[0]), sorted(set(other_keys) | set(plugin.Options.model_fields))))
+    try:
+        return plugin, plugin.Options(**options).model_dump(mode="json")
+    except ValidationError as exc:
+        raise OptionProblem(*_problem_of(exc, plugin.Options)) from None
 
 
 def _check_keys(data: dict, allowed, file: Path, where: str) -> None:
@@ -221,16 +262,18 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
         if isinstance(entry, dict) and entry.get("prompts") is not None:
             _validate(StreamPrompts, entry["prompts"], file, f"{where}.prompts")  # its own keys in its errors
         cfg = _validate(StreamConfig, entry, file, where)
-        if cfg.dataset not in plugins.datasets:
-            raise UserError(f"{file}: {where}.dataset: {unknown_line('dataset', cfg.dataset, plugins.datasets.names())}")
-        plugin: type[DatasetPlugin] = plugins.datasets.get(cfg.dataset)
-        options = dict(cfg.model_extra or {})
-        unknown = [k for k in options if k not in plugin.Options.model_fields]
-        if unknown:
-            allowed = sorted(STREAM_KEYS | set(plugin.Options.model_fields))
-            raise UserError(_unknown_key(file, f"{where}.{unknown[0]}", unknown[0], allowed))
-        options = _validate(plugin.Options, options, file, where).model_dump(mode="json")
-        resolved = cfg.model_dump(mode="json", exclude={"name"})
+        if cfg.scenario == "dataset_incremental" or cfg.datasets is not None:
+            out.append(_sequence_stream(cfg, file, where, plugins, train))
+            continue
+        if cfg.dataset is None:
+            raise UserError(f"{file}: {where}.dataset: missing; name the stream's dataset (clbench list datasets)")
+        if cfg.label_space is not None:
+            raise UserError(f"{file}: {where}.label_space: only a dataset-incremental stream has one; drop it")
+        try:
+            plugin, options = dataset_options(plugins, cfg.dataset, dict(cfg.model_extra or {}), STREAM_KEYS)
+        except OptionProblem as problem:
+            raise UserError(f"{file}: {where}.{problem.key}: {problem.problem}" if problem.key else f"{file}: {where}: {problem.problem}") from None
+        resolved = cfg.model_dump(mode="json", exclude={"name", "datasets", "label_space"})  # sequences' own keys: ids stay
         resolved = {k: v for k, v in resolved.items() if k in STREAM_KEYS}
         _validate(TrainConfig, _deep_merge(train, resolved.get("train") or {}), file, f"{where}.train")
         runtime = plugin.runtime_option_names()
@@ -258,6 +301,81 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
     if dup:
         raise UserError(f"{file}: streams: two streams are labelled '{dup}'; give them different 'name' keys")
     return out
+
+
+#: a dataset-incremental stream's own keys; every other stream key must stay at its default there
+SEQUENCE_KEYS = ("name", "scenario", "datasets", "label_space", "prompts", "train")
+SEQUENCE_ITEM_KEYS = ("dataset", "label", "shots")
+
+
+def _sequence_item_label(item: dict) -> str:
+    """An entry's label in tables: its ``label``, else the torchvision set or hub name, else the dataset's name."""
+    return str(item.get("label") or item.get("set") or item.get("hub") or item["dataset"])
+
+
+def _sequence_stream(cfg: StreamConfig, file: Path, where: str, plugins, train: dict) -> tuple[str, dict, StreamFacts]:
+    """A dataset-incremental stream (MTIL, X-TAIL): one experience per entry of ``datasets``, in order.
+
+    Each entry is ``{dataset: name, label: optional, <that dataset's options>}``, checked as a
+    stream's dataset is. Resolved as ``{scenario, datasets: [{dataset, label, options,
+    runtime_options}], label_space, prompts, train, steps: None}``.
+    """
+    if cfg.scenario != "dataset_incremental":
+        raise UserError(f"{file}: {where}.datasets: a list of datasets makes a dataset-incremental stream; "
+                        f"set scenario: dataset_incremental (or name one dataset with 'dataset')")
+    if not cfg.datasets or len(cfg.datasets) < 2:
+        raise UserError(f"{file}: {where}.datasets: a dataset-incremental stream needs a list of at least two datasets, "
+                        f"each {{dataset: name, <its options>}}")
+    defaults = StreamConfig(datasets=[{}, {}], scenario="dataset_incremental")
+    for key in STREAM_KEYS - set(SEQUENCE_KEYS):
+        if key != "dataset" and getattr(cfg, key) != getattr(defaults, key):
+            raise UserError(f"{file}: {where}.{key}: a dataset-incremental stream has no '{key}' "
+                            f"(one experience per dataset, in the listed order); drop it")
+    if cfg.dataset is not None or cfg.model_extra:
+        key = "dataset" if cfg.dataset is not None else next(iter(cfg.model_extra))
+        raise UserError(f"{file}: {where}.{key}: a dataset-incremental stream takes its datasets and their options "
+                        f"under 'datasets'; move it into an entry there")
+    items, labels, facts_of = [], [], []
+    for k, item in enumerate(cfg.datasets):
+        at = f"{where}.datasets[{k}]"
+        if not isinstance(item, dict) or not isinstance(item.get("dataset"), str):
+            raise UserError(f"{file}: {at}: must be a mapping with 'dataset' (a dataset plugin's name) and its options")
+        options = {key: v for key, v in item.items() if key not in SEQUENCE_ITEM_KEYS}
+        try:
+            plugin, options = dataset_options(plugins, item["dataset"], options, SEQUENCE_ITEM_KEYS)
+        except OptionProblem as problem:
+            raise UserError(f"{file}: {at}{'.' + problem.key if problem.key else ''}: {problem.problem}") from None
+        shots = item.get("shots")
+        if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 1):
+            raise UserError(f"{file}: {at}.shots: {shots!r}; use a whole number of training images per class (>= 1), or drop it")
+        label = _sequence_item_label(item)
+        if label in labels:
+            raise UserError(f"{file}: {at}.label: '{label}' names two datasets of the sequence; give each a distinct 'label'")
+        labels.append(label)
+        runtime = plugin.runtime_option_names()
+        items.append({"dataset": item["dataset"], "label": label,
+                      "options": {key: v for key, v in options.items() if key not in runtime},
+                      "runtime_options": {key: v for key, v in options.items() if key in runtime},
+                      **({"shots": shots} if shots else {})})
+        facts = plugin.facts(options)
+        if shots and facts.train_per_class is not None:
+            facts = dataclasses.replace(facts, train_per_class=min(shots, facts.train_per_class))
+        facts_of.append(facts)
+    _validate(TrainConfig, _deep_merge(train, cfg.train or {}), file, f"{where}.train")
+    resolved = _resolved_naming({"scenario": "dataset_incremental", "datasets": items, "label_space": cfg.label_space or "dataset",
+                                 "steps": None, "prompts": cfg.prompts.model_dump(mode="json") if cfg.prompts else None,
+                                 "train": cfg.train})
+    label = cfg.name or "+".join(labels)
+    known = all(f.num_classes is not None for f in facts_of)
+    templates = cfg.prompts.templates if cfg.prompts and cfg.prompts.templates else None
+    n_templates = len(templates) if templates else (min(f.num_templates for f in facts_of)
+                                                    if all(f.num_templates is not None for f in facts_of) else None)
+    train_sizes = [f.train_per_class * f.num_classes if f.train_per_class is not None and f.num_classes is not None else None
+                   for f in facts_of]
+    facts = StreamFacts(label, "+".join(item["dataset"] for item in items), "dataset_incremental", len(items),
+                        sum(f.num_classes for f in facts_of) if known else None, n_templates, tuple(labels),
+                        sum(train_sizes) if None not in train_sizes else None)
+    return label, resolved, facts
 
 
 def _methods(raw, file: Path, plugins, train: dict) -> list[tuple[str, str, dict, dict, str, list | None]]:

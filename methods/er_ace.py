@@ -93,7 +93,7 @@ def ace_loss(learner, batch, template: int = 0):
 class ERACE(ReplayMethod):
     name = "er_ace"
     Params = ERACEParams
-    scenarios = ("class_incremental",)
+    scenarios = ("class_incremental", "dataset_incremental")  # new classes in every experience
 
     def loss(self, batch):
         return ace_loss(self.learner, batch, self.params.template)

@@ -175,7 +175,7 @@ def cutmix(images, alpha: float, generator):
 class GDumb(Method):
     name = "gdumb"
     Params = GDumbParams
-    scenarios = ("class_incremental",)
+    scenarios = ("class_incremental", "dataset_incremental")  # new classes in every experience
 
     @classmethod
     def check(cls, params, stream, train) -> dict[str, str]:

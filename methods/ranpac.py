@@ -156,11 +156,14 @@ class RanPAC(Method):
 
     @no_grad
     def predict_features(self, features, classes):
-        """(B, len(classes)) from L2-normalised image features (B, D): relu(f W) · Wo[:, c]."""
+        """(B, len(classes)) from L2-normalised image features (B, D): relu(f W) · Wo[:, c]; −inf for a class
+        with no training image yet (its column of Q is zero), which a label space over every class can hold (X-TAIL)."""
         if self.Wo is None:
             raise RuntimeError("ranpac has no classifier before its first experience")
         H = project(features, self.W)
-        return H @ self.Wo[:, torch.tensor(classes, device=self.Wo.device)]
+        index = torch.tensor(classes, device=self.Wo.device)
+        learned = self.Q[:, index].abs().sum(0) > 0
+        return (H @ self.Wo[:, index]).masked_fill(~learned, float("-inf"))
 
     def memory_summary(self):
         return {"random_projection": nbytes(self.W) if self.W is not None else 0,

@@ -163,3 +163,12 @@ def test_each_baseline_runs_a_tiny_cell(cls, params, plugins):
         assert record["acc_matrix"][0][1] is None and record["acc_matrix"][-1][0] is not None
     if cls is RanPAC:
         assert len(extras["ridges"]) == 3
+
+
+def test_ranpac_never_predicts_a_class_it_has_not_learned():
+    """A label space over every class (X-TAIL) holds classes without training images: their score is −inf, not 0."""
+    method = RanPAC(RanPAC.Params(projection_dim=0, ridge=1.0), FakeLearner(num_classes=3))
+    method.after_experience(experience([[1.0, 0.0], [0.0, 1.0]], [0, 1]))
+    scores = method.predict_features(torch.tensor([[-1.0, -1.0]]), [0, 1, 2])  # scores of 0 and 1 are negative
+    assert torch.isfinite(scores[:, :2]).all() and scores[0, :2].max() < 0
+    assert scores[0, 2] == float("-inf") and scores.argmax().item() in (0, 1)

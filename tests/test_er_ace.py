@@ -59,7 +59,7 @@ def test_params_default_to_mammoths_reservoir_and_cross_entropy():
     assert ERACEParams(buffer={"size": 5, "policy": "class_balanced"}).buffer.policy == "class_balanced"
     with pytest.raises(ValidationError):
         ERACEParams(loss="contrastive")
-    assert ERACE.scenarios == ("class_incremental",)
+    assert ERACE.scenarios == ("class_incremental", "dataset_incremental")  # new classes in every experience
 
 
 def test_er_ace_runs(plugins):

@@ -144,7 +144,7 @@ def test_params_defaults_and_refusals():
                        ({"size": 0}, "above 0")]:
         with pytest.raises(ValidationError, match=match):
             GDumbParams(buffer=bad)
-    assert GDumb.scenarios == ("class_incremental",)
+    assert GDumb.scenarios == ("class_incremental", "dataset_incremental")  # new classes in every experience
 
 
 def test_gdumb_runs_with_a_balanced_memory(plugins):

@@ -15,7 +15,8 @@ from clbench.learner import METHOD_API, FrozenModel
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_FILES = sorted((ROOT / "methods").glob("*.py")) + [ROOT / "clbench" / "replay.py"]
 #: what docs/writing_methods.md lists as the modules a method may import
-PLUGIN_MODULES = {"clbench", "clbench.replay", "clbench.buffer", "clbench.losses", "clbench.facts", "clbench.memory"}
+PLUGIN_MODULES = {"clbench", "clbench.replay", "clbench.buffer", "clbench.losses", "clbench.facts", "clbench.memory",
+                  "clbench.datasets"}
 
 
 def _is_learner(node: ast.AST, aliases: set[str]) -> bool:

@@ -125,7 +125,7 @@ def test_circular_include(tmp_path, plugins):
         (lambda s: s["streams"].__setitem__(0, {"dataset": "imagefolder", "path": "x", "templates": ["a {}."]}) or s["methods"].append({"name": "finetune", "template": 1}),
          "methods[1].template: 1 but stream 'imagefolder-ci1' (dataset imagefolder) has 1 prompt template; use 0"),
         (lambda s: s["streams"].__setitem__(0, {"dataset": "imagefolder", "root": "/data", "pth": "birds"}),
-         "streams[0].pth: unknown key (did you mean 'path'?); known keys: by_domain, class_order, dataset, domains, holdout_classes, image_size, name, path, prompts, root, scenario, steps, templates, train, workers"),
+         "streams[0].pth: unknown key (did you mean 'path'?); known keys: by_domain, class_order, dataset, datasets, domains, holdout_classes, image_size, label_space, name, path, prompts, root, scenario, steps, templates, train, workers"),
     ],
 )
 def test_bad_suites_give_one_line_naming_the_key(tmp_path, plugins, mutate, expected):

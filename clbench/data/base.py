@@ -142,6 +142,12 @@ class Dataset:
     named_orders: dict[str, list[int]] = field(default_factory=dict)
     #: class names exactly as the source ships them (torchvision's CIFAR-100 "aquarium_fish"); None: not offered
     raw_class_names: list[str] | None = None
+    #: per class, its own prompt templates (a dataset sequence: each class keeps its dataset's); None: ``templates``
+    class_templates: list[list[str]] | None = None
+
+    def templates_of(self, class_index: int) -> list[str]:
+        """The prompt templates of one class: its own (``class_templates``) or the dataset's."""
+        return self.templates if self.class_templates is None else self.class_templates[class_index]
 
     def __post_init__(self):
         # one id per training image (0..N-1), whatever sets the plugin concatenated: per-sample state
@@ -183,7 +189,9 @@ class Dataset:
         if class_names == "raw" and self.raw_class_names is None:
             raise ValueError(f"dataset '{self.name}' offers no raw class names; use 'clip'")
         names = list(self.raw_class_names) if class_names == "raw" else list(self.class_names)
-        return replace(self, class_names=names, templates=list(templates) if templates else list(self.templates))
+        if templates:  # the stream's templates replace every class's own
+            return replace(self, class_names=names, templates=list(templates), class_templates=None)
+        return replace(self, class_names=names, templates=list(self.templates))
 
     def prompts(self, class_index: int) -> list[str]:
-        return [t.format(self.class_names[class_index]) for t in self.templates]
+        return [t.format(self.class_names[class_index]) for t in self.templates_of(class_index)]

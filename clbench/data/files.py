@@ -175,4 +175,13 @@ def image_set_from_state(state: dict) -> ImageSet:
     """
     if state["kind"] == "memory":
         return InMemoryImageSet(state["images"], state["labels"], state["domains"], state.get("ids"))
+    if state["kind"] == "huggingface":
+        from .hf_sets import HFImageSet
+
+        return HFImageSet.from_state(state)
+    if state["kind"] == "merged":
+        from .sequence import MergedImageSet
+
+        parts = [image_set_from_state(p) for p in state["parts"]]
+        return MergedImageSet(parts, state["offsets"], state["part"], state["local"], state["size"], state["ids"])
     return FileImageSet(state["paths"], state["labels"], state["domains"], state["size"], state["workers"], state.get("ids"))

@@ -25,6 +25,11 @@ from .base import Dataset, ImageSet
 
 CLASS_INCREMENTAL = "class_incremental"
 DOMAIN_INCREMENTAL = "domain_incremental"
+DATASET_INCREMENTAL = "dataset_incremental"
+SCENARIOS = (CLASS_INCREMENTAL, DOMAIN_INCREMENTAL, DATASET_INCREMENTAL)
+#: a dataset-incremental stream's evaluation rules: each test set over its own dataset's classes (MTIL's
+#: task-aware rule, Zheng et al. 2023) or over the union of every dataset's classes (X-TAIL, Xu et al. 2024)
+LABEL_SPACES = ("dataset", "all")
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Stream:
     class_order: list[int]  # the stream's classes in order (held-out control classes excluded)
     control: ImageSet | None = None  # test images of classes kept out of the stream
     control_classes: list[int] = field(default_factory=list)
+    label_space: str | None = None  # dataset-incremental only: "dataset" (MTIL) or "all" (X-TAIL)
 
     def seen(self, t: int) -> list[int]:
         """Classes of experiences 0..t, in stream order."""
@@ -55,10 +61,16 @@ class Stream:
     def eval_classes(self, t: int, j: int) -> list[int]:
         """The classifier's label space for experience j's test set after step t.
 
-        Task-agnostic: the seen classes. For an experience not yet trained
-        (j > t) its own classes are added, so CLIP's zero-shot transfer to
-        upcoming classes (forward transfer) can be measured at all.
+        Class- and domain-incremental (task-agnostic): the seen classes; for an
+        experience not yet trained (j > t) its own classes are added, so CLIP's
+        zero-shot transfer to upcoming classes (forward transfer) can be measured
+        at all. Dataset-incremental: experience j's own dataset's classes with
+        ``label_space: dataset`` (MTIL's task-aware rule, ZSCL's evaluation code),
+        every dataset's classes, trained or not, with ``all`` (X-TAIL: RAIL's
+        evaluation over the merged class names of the whole sequence).
         """
+        if self.scenario == DATASET_INCREMENTAL:
+            return list(self.experiences[j].classes) if self.label_space == "dataset" else list(self.class_order)
         classes = self.seen(t)
         if j > t:
             classes = classes + [c for c in self.experiences[j].classes if c not in classes]
@@ -150,6 +162,7 @@ def build_stream(
     holdout_classes: int = 0,
     where: str = "stream",
     prompts: dict | None = None,
+    label_space: str | None = None,
 ) -> Stream:
     """The stream of experiences cut from ``dataset``.
 
@@ -173,7 +186,9 @@ def build_stream(
             raise UserError(f"{where}.domains: unknown domain '{missing[0]}' for dataset '{dataset.name}'; it has {names or 'no domains'}")
         domain_ids = [names.index(d) for d in domains]
     train = dataset.train if domain_ids is None else dataset.train.where(domains=domain_ids)
-    test = dataset.test if domain_ids is None else dataset.test.where(domains=domain_ids)
+    # a test split without domains is one held-out set for every domain (CORe50's NI protocol)
+    shared_test = dataset.test.domains is None
+    test = dataset.test if domain_ids is None or shared_test else dataset.test.where(domains=domain_ids)
 
     experiences = []
     if scenario == CLASS_INCREMENTAL:
@@ -189,15 +204,29 @@ def build_stream(
         ids = domain_ids if domain_ids is not None else list(range(len(names)))
         if steps is not None and steps != len(ids):
             raise UserError(f"{where}.steps: a domain-incremental stream has one step per domain ({len(ids)}); drop 'steps'")
+        common = test.where(classes=order) if shared_test else None  # one object: its features are cached once
         for t, d in enumerate(ids):
-            experiences.append(
-                Experience(t, list(order), train.where(classes=order, domains=[d]), test.where(classes=order, domains=[d]), names[d])
-            )
+            test_d = common if shared_test else test.where(classes=order, domains=[d])
+            experiences.append(Experience(t, list(order), train.where(classes=order, domains=[d]), test_d, names[d]))
+    elif scenario == DATASET_INCREMENTAL:
+        names = dataset.domain_names or []
+        if holdout_classes:
+            raise UserError(f"{where}.holdout_classes: a dataset-incremental stream keeps no control set; drop it")
+        if steps is not None and steps != len(names):
+            raise UserError(f"{where}.steps: a dataset-incremental stream has one step per dataset ({len(names)}); drop 'steps'")
+        order = list(range(dataset.num_classes))  # dataset by dataset, each in its own label order
+        offsets = list(getattr(dataset.train, "offsets", [])) + [dataset.num_classes]
+        if not names or len(offsets) != len(names) + 1:
+            raise UserError(f"{where}.scenario: dataset '{dataset.name}' is not a sequence of datasets; list them under 'datasets'")
+        for d, name in enumerate(names):
+            classes = list(range(offsets[d], offsets[d + 1]))
+            experiences.append(Experience(d, classes, train.where(domains=[d]), test.where(domains=[d]), name))
     else:
-        raise UserError(f"{where}.scenario: unknown scenario '{scenario}'; use {CLASS_INCREMENTAL} or {DOMAIN_INCREMENTAL}")
+        raise UserError(f"{where}.scenario: unknown scenario '{scenario}'; use one of {', '.join(SCENARIOS)}")
 
     for exp in experiences:
         if len(exp.train) == 0 or len(exp.test) == 0:
             raise UserError(f"{where}: experience {exp.index} has no {'training' if len(exp.train) == 0 else 'test'} images")
     control = test.where(classes=control_classes) if control_classes else None
-    return Stream(label, scenario, dataset, experiences, order, control, control_classes)
+    space = (label_space or "dataset") if scenario == DATASET_INCREMENTAL else None
+    return Stream(label, scenario, dataset, experiences, order, control, control_classes, space)

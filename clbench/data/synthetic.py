@@ -12,7 +12,7 @@ import math
 from typing import Literal
 
 import lazy_loader as lazy
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from clbench import hookimpl
 
@@ -125,6 +125,11 @@ class SyntheticOptions(BaseModel):
     image_size: int = Field(32, ge=8, le=256)
     world_domains: list[Literal["clean", "noisy", "inverted", "sketch"]] = list(DOMAINS)
     world_seed: int = 0  # the world's pixels; the cell seed only changes class order and training
+    # "pretrain": the train split is the images the shipped tiny CLIP was pretrained on (clbench/pretrain.py)
+    train_split: Literal["train", "pretrain"] = "train"
+    # the world's classes first_class .. first_class + num_classes - 1 are this dataset's 0 .. num_classes - 1
+    # (datasets of one world with disjoint classes, e.g. a dataset-incremental stream of three)
+    first_class: int = Field(0, ge=0)
 
     @field_validator("world_domains")
     @classmethod
@@ -132,6 +137,30 @@ class SyntheticOptions(BaseModel):
         if not v or len(set(v)) != len(v):
             raise ValueError("must be a non-empty list of distinct domains")
         return v
+
+    @model_validator(mode="after")
+    def _classes_in_the_world(self):
+        if self.first_class + self.num_classes > MAX_CLASSES:
+            raise ValueError(f"first_class {self.first_class} + num_classes {self.num_classes} passes the world's "
+                             f"{MAX_CLASSES} classes; lower one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrained_domain(self):
+        if self.train_split == "pretrain" and not set(self.world_domains) & set(PRETRAIN_DOMAINS):
+            raise ValueError(f"train_split 'pretrain' needs one of the pretraining domains ({', '.join(PRETRAIN_DOMAINS)}) "
+                             f"in world_domains; the tiny CLIP never saw {', '.join(self.world_domains)}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_split(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """``train_split`` is left out at its default, so streams written before it existed keep their cell ids."""
+        out = handler(self)
+        if out.get("train_split") == "train":
+            del out["train_split"]
+        if out.get("first_class") == 0:  # likewise
+            del out["first_class"]
+        return out
 
 
 def render_split(split: str, classes, domains, per_class: int, image_size: int = 32, world_seed: int = 0) -> InMemoryImageSet:
@@ -149,7 +178,34 @@ def render_split(split: str, classes, domains, per_class: int, image_size: int =
 
 
 def _split(opts: SyntheticOptions, split: str, per_class: int) -> InMemoryImageSet:
-    return render_split(split, range(opts.num_classes), opts.world_domains, per_class, opts.image_size, opts.world_seed)
+    first = opts.first_class
+    rendered = render_split(split, range(first, first + opts.num_classes), opts.world_domains, per_class, opts.image_size,
+                            opts.world_seed)
+    if first:
+        rendered.labels = rendered.labels - first
+    return rendered
+
+
+def pretraining_split(opts: SyntheticOptions) -> InMemoryImageSet:
+    """The images the tiny CLIP was pretrained on (``train_split: pretrain``), of the dataset's classes (``first_class`` on).
+
+    Rendered exactly as clbench/pretrain.py renders its data: the ``pretrain`` random stream, every
+    pretraining class (``PRETRAIN_HELD_OUT_CLASSES`` excluded) in each of ``PRETRAIN_DOMAINS``, then
+    kept to the dataset's classes and the domains of ``world_domains``, ``train_per_class``
+    images per class and domain. Held-out classes and the ``sketch`` domain were never pretrained on,
+    so they have no images here. Domain ids index ``world_domains``, as in every split.
+    """
+    domains = [d for d in PRETRAIN_DOMAINS if d in opts.world_domains]
+    classes = [k for k in range(MAX_CLASSES) if k not in PRETRAIN_HELD_OUT_CLASSES]
+    parts = []
+    for domain in domains:  # each domain has its own random stream: rendering one alone gives the same pixels
+        rendered = render_split("pretrain", classes, [domain], opts.train_per_class, opts.image_size, opts.world_seed)
+        first = opts.first_class
+        keep = ((rendered.labels >= first) & (rendered.labels < first + opts.num_classes)).nonzero().flatten()
+        parts.append((rendered.images[keep], rendered.labels[keep] - first, opts.world_domains.index(domain)))
+    parts.sort(key=lambda part: part[2])  # in world_domains order
+    return InMemoryImageSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                            torch.cat([torch.full_like(p[1], p[2]) for p in parts]))
 
 
 def build_synthetic(**options) -> Dataset:
@@ -157,9 +213,9 @@ def build_synthetic(**options) -> Dataset:
     opts = SyntheticOptions(**options)
     return Dataset(
         name="synthetic",
-        class_names=[class_name(k) for k in range(opts.num_classes)],
+        class_names=[class_name(opts.first_class + k) for k in range(opts.num_classes)],
         templates=list(TEMPLATES),
-        train=_split(opts, "train", opts.train_per_class),
+        train=pretraining_split(opts) if opts.train_split == "pretrain" else _split(opts, "train", opts.train_per_class),
         test=_split(opts, "test", opts.test_per_class),
         domain_names=list(opts.world_domains),
     )
@@ -173,8 +229,10 @@ class Synthetic(DatasetPlugin):
 
     @classmethod
     def facts(cls, options: dict) -> DatasetFacts:
+        pretrain = options.get("train_split", "train") == "pretrain"  # held-out classes have no pretraining images
         return DatasetFacts(num_classes=options["num_classes"], num_templates=len(TEMPLATES),
-                            domains=tuple(options["world_domains"]), train_per_class=options["train_per_class"])
+                            domains=tuple(options["world_domains"]),
+                            train_per_class=None if pretrain else options["train_per_class"])
 
     @classmethod
     def build(cls, options: dict) -> Dataset:
