@@ -109,6 +109,15 @@ def tower_kinds(arch: str) -> dict[str, str | None]:
     return {"image": image, "text": "hf" if text.get("hf_model_name") else "transformer"}
 
 
+def image_blocks(arch: str) -> int | None:
+    """The transformer block count of ``arch``'s image tower when open_clip builds it as its own ViT, else None."""
+    cfg = _arch_config(arch)
+    if not isinstance(cfg, dict) or tower_kinds(arch)["image"] != "transformer":
+        return None
+    layers = (cfg.get("vision_cfg") or {}).get("layers")
+    return int(layers) if isinstance(layers, int) else None
+
+
 def adapter_problem(arch: str, adapter: dict) -> tuple[str, str] | None:
     """(the key, what is wrong) for what is known without building the model, else None.
 

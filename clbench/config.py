@@ -148,7 +148,7 @@ class StreamConfig(Section):
     scenario: Literal["class_incremental", "domain_incremental", "dataset_incremental"] = "class_incremental"
     steps: Optional[PositiveInt] = None  # class-incremental: number of experiences
     #: dataset-incremental: the datasets in order, each ``{dataset: name, label: optional, <its options>}``
-    datasets: Optional[list[dict]] = None
+    datasets: Optional[list[Any]] = None
     #: dataset-incremental: ``dataset`` scores each test set over its own dataset's classes (MTIL), ``all`` over
     #: every dataset's (X-TAIL)
     label_space: Optional[Literal["dataset", "all"]] = None

@@ -61,6 +61,45 @@ def stream_facts(label: str, dataset: str, scenario: str, steps: Optional[int], 
     return StreamFacts(label, dataset, scenario, steps, n_classes, n_templates, used, train_size)
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """The model as a method's ``check`` sees it, read from its configuration without building it.
+
+    ``arch``: the suite's ``model.arch``; ``image_tower``: how open_clip builds the image tower
+    (``transformer``: its own ViT, whose blocks take prompts and adapters; ``timm``, ``resnet``;
+    None when unknown); ``image_blocks``: that ViT's number of transformer blocks (None when
+    unknown or not a ViT); ``adapter_towers``: the towers ``model.adapter`` (LoRA) wraps.
+    """
+
+    arch: str
+    image_tower: Optional[str] = None
+    image_blocks: Optional[int] = None
+    adapter_towers: tuple[str, ...] = ()
+
+
+def image_tower_problem(model: Optional[ModelFacts]) -> Optional[str]:
+    """Why prompts, prefixes or adapters cannot go into the model's image tower (clbench/image_tower.py), else None."""
+    if model is None:
+        return None
+    if model.image_tower not in (None, "transformer"):
+        return (f"needs open_clip's own ViT image tower to insert its prompts or adapters; {model.arch}'s is a "
+                f"{model.image_tower} tower: use a ViT architecture")
+    if "image" in model.adapter_towers:
+        return "cannot insert its prompts or adapters into an image tower wrapped by model.adapter (LoRA); drop model.adapter or use towers: [text]"
+    return None
+
+
+def blocks_problem(blocks, model: Optional[ModelFacts]) -> Optional[str]:
+    """None when every block index is below the image tower's block count (or it is unknown), else why not."""
+    if model is None or model.image_blocks is None:
+        return None
+    past = [b for b in blocks if b >= model.image_blocks]
+    if not past:
+        return None
+    n = model.image_blocks
+    return f"block {past[0]} but {model.arch}'s image tower has {n} blocks; use blocks 0..{n - 1}"
+
+
 def template_problem(template: int, stream: StreamFacts) -> Optional[str]:
     """None when ``template`` indexes one of the stream's prompt templates (or the count is unknown), else why not."""
     n = stream.num_templates

@@ -435,11 +435,12 @@ class Learner(Encoders):
         scores = feats @ self.class_features(classes).t()
         return int((class_ids[scores.argmax(1)] == data.labels.to(self.device)).sum()) / len(data)
 
-    def control_accuracy(self) -> float | None:
-        """Zero-shot accuracy on the held-out control classes, or None without a control set."""
+    def control_accuracy(self, predict: PredictFn | None = None, from_features: bool = False) -> float | None:
+        """Accuracy on the held-out control classes (``predict`` as in ``evaluate``; None: CLIP's zero-shot rule),
+        or None without a control set."""
         if self.stream.control is None:
             return None
-        return self.zero_shot_accuracy(self.stream.control, self.stream.control_classes)
+        return self._accuracy(predict, self.stream.control, self.stream.control_classes, from_features)
 
 
 class FrozenModel(Encoders):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .batch import Batch
     from .config import TrainConfig
     from .data.scenarios import Experience
-    from .facts import StreamFacts
+    from .facts import ModelFacts, StreamFacts
     from .learner import Learner
 
 
@@ -43,13 +43,15 @@ class Method:
     scenarios: ClassVar[tuple[str, ...]] = ("class_incremental", "domain_incremental", "dataset_incremental")
 
     @classmethod
-    def check(cls, params: Params, stream: "StreamFacts", train: "TrainConfig") -> dict[str, str]:
+    def check(cls, params: Params, stream: "StreamFacts", train: "TrainConfig", model: "ModelFacts | None" = None) -> dict[str, str]:
         """Problems of ``params`` on ``stream`` known before any data is read: {params key: what is wrong and the fix}.
 
         ``clbench validate`` (and ``run``, before any cell starts) calls this for every cell and
         refuses the suite on the first problem, e.g. ``{"template": "3 but stream 'x' has 1
         prompt template; use 0"}``. Facts that are None are unknown until the data is read:
-        skip their checks. The default finds nothing.
+        skip their checks. ``model`` (a ``clbench.facts.ModelFacts``: the image tower's kind and
+        block count, the towers LoRA wraps) is passed when the method's ``check`` accepts it. The
+        default finds nothing.
         """
         return {}
 

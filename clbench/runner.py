@@ -175,7 +175,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                 })
             (on_experience or plugins.experience_end)(report)
         step = None
-        control_after = learner.control_accuracy()
+        control_after = control_step(learner, method)
         sizes = [len(e.test) for e in stream.experiences]
         record.update(
             status="done", initial_acc=initial, train_loss=losses,
@@ -213,3 +213,14 @@ def evaluate_step(learner, method, step: int) -> list:
     if cls.scores_from_features():
         return learner.evaluate(method.predict_features, step, cls.scores_unseen_classes, from_features=True)
     return learner.evaluate(method.predict, step, cls.scores_unseen_classes)
+
+
+def control_step(learner, method):
+    """Control-set accuracy after the last step with the method's own scores (its prompts, adapters, classifier),
+    or, for a method that cannot score classes it never learned, the model's zero-shot rule."""
+    cls = type(method)
+    if not cls.scores_unseen_classes or cls.uses_zero_shot_rule():
+        return learner.control_accuracy()
+    if cls.scores_from_features():
+        return learner.control_accuracy(method.predict_features, from_features=True)
+    return learner.control_accuracy(method.predict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from .config import looks_like_path as _looks_like_path
 from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, StreamPrompts, TrainConfig
 from .dataset_plugin import RUNTIME_OPTIONS, DatasetPlugin
 from .errors import UserError
-from .facts import StreamFacts, stream_facts
+from .facts import ModelFacts, StreamFacts, stream_facts
 from .metrics import METRICS
 from .registry import did_you_mean, unknown_line
 from .suite_yaml import _deep_merge, load_raw, read_yaml
@@ -92,7 +93,11 @@ def _check_arch(arch: str, file: Path) -> None:
 def cell_id_of(config: dict) -> str:
     """A stable id: the hash of the canonical JSON of the resolved config, minus runtime-only options."""
     identity = json.loads(json.dumps(config))
-    identity.get("stream", {}).pop("runtime_options", None)
+    stream = identity.get("stream", {})
+    stream.pop("runtime_options", None)
+    for item in stream.get("datasets") or []:  # a dataset-incremental stream's datasets: where and what they are called
+        item.pop("runtime_options", None)  # are not what they are
+        item.pop("label", None)
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -292,7 +297,8 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
         _check_naming(cfg, plugin, options, n_classes, file, where)
         _check_domains(cfg, facts, file, where)
         resolved = _resolved_naming(resolved)
-        label = cfg.name or (f"{cfg.dataset}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{cfg.dataset}-di")
+        base = options.get("set") if isinstance(options.get("set"), str) else cfg.dataset  # torchvision's sets by name
+        label = cfg.name or (f"{base}-ci{resolved['steps']}" if cfg.scenario == "class_incremental" else f"{base}-di")
         templates = cfg.prompts.templates if cfg.prompts else None
         out.append((label, resolved, stream_facts(label, cfg.dataset, cfg.scenario, resolved["steps"], facts,
                                                   cfg.holdout_classes, cfg.domains, templates)))
@@ -323,7 +329,12 @@ def _sequence_stream(cfg: StreamConfig, file: Path, where: str, plugins, train: 
     if cfg.scenario != "dataset_incremental":
         raise UserError(f"{file}: {where}.datasets: a list of datasets makes a dataset-incremental stream; "
                         f"set scenario: dataset_incremental (or name one dataset with 'dataset')")
-    if not cfg.datasets or len(cfg.datasets) < 2:
+    if cfg.dataset is not None or cfg.model_extra:
+        key = "dataset" if cfg.dataset is not None else next(iter(cfg.model_extra))
+        hint = did_you_mean(key, SEQUENCE_KEYS) if key != "dataset" else ""
+        raise UserError(f"{file}: {where}.{key}: not a key of a dataset-incremental stream{hint}; its keys: "
+                        f"{', '.join(SEQUENCE_KEYS)} (each dataset and its options go in an entry of 'datasets')")
+    if not isinstance(cfg.datasets, list) or len(cfg.datasets) < 2:
         raise UserError(f"{file}: {where}.datasets: a dataset-incremental stream needs a list of at least two datasets, "
                         f"each {{dataset: name, <its options>}}")
     defaults = StreamConfig(datasets=[{}, {}], scenario="dataset_incremental")
@@ -331,10 +342,6 @@ def _sequence_stream(cfg: StreamConfig, file: Path, where: str, plugins, train: 
         if key != "dataset" and getattr(cfg, key) != getattr(defaults, key):
             raise UserError(f"{file}: {where}.{key}: a dataset-incremental stream has no '{key}' "
                             f"(one experience per dataset, in the listed order); drop it")
-    if cfg.dataset is not None or cfg.model_extra:
-        key = "dataset" if cfg.dataset is not None else next(iter(cfg.model_extra))
-        raise UserError(f"{file}: {where}.{key}: a dataset-incremental stream takes its datasets and their options "
-                        f"under 'datasets'; move it into an entry there")
     items, labels, facts_of = [], [], []
     for k, item in enumerate(cfg.datasets):
         at = f"{where}.datasets[{k}]"
@@ -345,6 +352,11 @@ def _sequence_stream(cfg: StreamConfig, file: Path, where: str, plugins, train: 
             plugin, options = dataset_options(plugins, item["dataset"], options, SEQUENCE_ITEM_KEYS)
         except OptionProblem as problem:
             raise UserError(f"{file}: {at}{'.' + problem.key if problem.key else ''}: {problem.problem}") from None
+        if "label" in item and not (isinstance(item["label"], str) and item["label"]):
+            raise UserError(f"{file}: {at}.label: {item['label']!r}; use a non-empty string (the dataset's name in tables)")
+        if cfg.prompts and cfg.prompts.class_names == "raw" and not plugin.offers_raw_names:
+            raise UserError(f"{file}: {where}.prompts.class_names: dataset '{item['dataset']}' ({at}) offers no raw class "
+                            f"names; use clip")
         shots = item.get("shots")
         if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 1):
             raise UserError(f"{file}: {at}.shots: {shots!r}; use a whole number of training images per class (>= 1), or drop it")
@@ -358,6 +370,8 @@ def _sequence_stream(cfg: StreamConfig, file: Path, where: str, plugins, train: 
                       "runtime_options": {key: v for key, v in options.items() if key in runtime},
                       **({"shots": shots} if shots else {})})
         facts = plugin.facts(options)
+        if facts.train_per_class is not None and facts.domains:  # per class and domain: a domain's images are images too
+            facts = dataclasses.replace(facts, train_per_class=facts.train_per_class * len(facts.domains))
         if shots and facts.train_per_class is not None:
             facts = dataclasses.replace(facts, train_per_class=min(shots, facts.train_per_class))
         facts_of.append(facts)
@@ -491,6 +505,10 @@ def load_suite(path, plugins=None) -> Suite:
     if "streams" not in raw or "methods" not in raw:
         missing = "streams" if "streams" not in raw else "methods"
         raise UserError(f"{file}: {missing}: missing; a suite needs 'streams' and 'methods'")
+    from .adapters import image_blocks, tower_kinds
+
+    model_facts = ModelFacts(model["arch"], tower_kinds(model["arch"])["image"], image_blocks(model["arch"]),
+                             tuple((model.get("adapter") or {}).get("towers") or ()))
     streams = _streams(raw["streams"], file, plugins, train_raw)
     methods = _methods(raw["methods"], file, plugins, train_raw)
     seeds = _seeds(raw.get("seeds", [0]), file)
@@ -514,7 +532,8 @@ def load_suite(path, plugins=None) -> Suite:
             if facts.scenario not in method_cls.scenarios:
                 raise UserError(f"{file}: {where}.name: method '{method}' is built for {' and '.join(method_cls.scenarios)} "
                                 f"streams, not stream '{label}' ({facts.scenario}); pair it with another stream")
-            problems = method_cls.check(method_cls.Params(**params), facts, train_cfg)
+            extra = {"model": model_facts} if "model" in inspect.signature(method_cls.check).parameters else {}
+            problems = method_cls.check(method_cls.Params(**params), facts, train_cfg, **extra)
             if problems:
                 key, problem = next(iter(problems.items()))
                 raise UserError(f"{file}: {where}.{key}: {problem}")

@@ -68,6 +68,7 @@ import lazy_loader as lazy
 from pydantic import Field, field_validator
 
 from clbench import Method, Params, hookimpl
+from clbench.facts import blocks_problem, image_tower_problem
 from clbench.losses import cross_entropy_loss
 from clbench.memory import nbytes
 
@@ -118,7 +119,13 @@ class CodaPrompt(Method):
     Params = CodaPromptParams
 
     @classmethod
-    def check(cls, params, stream, train) -> dict[str, str]:
+    def check(cls, params, stream, train, model=None) -> dict[str, str]:
+        tower = image_tower_problem(model)
+        if tower:
+            return {"name": f"coda_prompt {tower}"}
+        past = blocks_problem(params.layers, model)
+        if past:
+            return {"layers": past}
         n = experience_count(stream)
         if n is not None and params.pool_size < n:
             return {"pool_size": f"{params.pool_size} components cannot be split over the {n} experiences of stream "

@@ -59,6 +59,7 @@ import lazy_loader as lazy
 from pydantic import Field
 
 from clbench import Method, Params, hookimpl
+from clbench.facts import image_tower_problem
 from clbench.losses import cross_entropy_loss
 from clbench.memory import nbytes
 
@@ -83,7 +84,10 @@ class L2P(Method):
     Params = L2PParams
 
     @classmethod
-    def check(cls, params, stream, train) -> dict[str, str]:
+    def check(cls, params, stream, train, model=None) -> dict[str, str]:
+        tower = image_tower_problem(model)
+        if tower:
+            return {"name": f"l2p {tower}"}
         if params.top_k > params.pool_size:
             return {"top_k": f"{params.top_k} but pool_size is {params.pool_size}; pick at most pool_size prompts"}
         return {}

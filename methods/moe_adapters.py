@@ -139,7 +139,7 @@ import lazy_loader as lazy
 from pydantic import Field, field_validator
 
 from clbench import Method, Params, hookimpl, no_grad
-from clbench.facts import template_problem
+from clbench.facts import blocks_problem, image_tower_problem, template_problem
 from clbench.losses import positions
 from clbench.memory import nbytes
 
@@ -180,7 +180,10 @@ class MoEAdaptersParams(Params):
     @field_validator("blocks", mode="before")
     @classmethod
     def _one_block(cls, blocks):
-        return [blocks] if isinstance(blocks, int) and not isinstance(blocks, bool) else blocks  # a grid point of [10, 11]
+        if isinstance(blocks, int) and not isinstance(blocks, bool):  # a suite's plain list became grid points
+            raise ValueError(f"{blocks} is one block; write blocks: [[{blocks}, ...]] in a suite (a plain list is a grid "
+                             f"axis), or 'all'")
+        return blocks
 
     @field_validator("blocks")
     @classmethod
@@ -404,7 +407,13 @@ class MoEAdapters(Method):
         self.step = -1
 
     @classmethod
-    def check(cls, params, stream, train) -> dict[str, str]:
+    def check(cls, params, stream, train, model=None) -> dict[str, str]:
+        tower = image_tower_problem(model)
+        if tower:
+            return {"name": f"moe_adapters {tower}"}
+        past = blocks_problem(params.blocks, model) if isinstance(params.blocks, list) else None
+        if past:
+            return {"blocks": past}
         problems = {}
         template = template_problem(params.template, stream)
         if template:

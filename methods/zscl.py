@@ -183,7 +183,7 @@ class ZSCL(Method):
         problem = dataset_problem(reference["dataset"], {k: v for k, v in reference.items() if k != "dataset"})
         if problem:
             key, _, line = problem.partition(": ")
-            return {f"reference.{key}": line}
+            return {f"reference.{key}" if key else "reference": line}
         problem = template_problem(params.template, stream)
         if problem:
             return {"template": problem}

@@ -36,13 +36,14 @@ def test_classes_are_laid_side_by_side_with_their_own_templates(merged):
     assert merged.with_prompts(["{}"]).prompts(4) == ["pets 2"]
 
 
-def test_a_batch_mixing_datasets_is_resized_to_the_common_size_one_dataset_is_untouched(merged):
+def test_every_batch_comes_at_the_common_size_whatever_its_dataset(merged):
     mixed = merged.train.load(torch.tensor([9, 0]))  # a pets image (32 px) and a digits image (28 px)
     assert mixed.shape == (2, 3, 32, 32)
     assert mixed[0].unique().tolist() == [102] and mixed[1].unique().tolist() == [10]  # flat images stay flat
     digits = merged.train.where(domains=[0])
-    images, labels = next(digits.batches(8))
-    assert images.shape == (4, 3, 28, 28) and labels.tolist() == [0, 0, 1, 1]
+    images, labels = next(digits.batches(8))  # one dataset of 28 px: resized too, so replayed pets images can join it
+    assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 0, 1, 1]
+    assert merged.train.load(torch.tensor([0])).shape == (1, 3, 32, 32)
     pets = merged.test.where(domains=[1])
     images, labels, ids = next(pets.batches(8, with_ids=True))
     assert labels.tolist() == [2, 3, 4] and images[:, 0, 0, 0].tolist() == [100, 101, 102]
@@ -57,12 +58,26 @@ def test_shuffled_batches_of_one_dataset_keep_labels_with_their_images(merged):
     assert sorted(seen) == [2, 2, 3, 3, 4, 4]
 
 
-def test_a_merged_set_survives_its_checkpoint_state(merged):
+def test_a_merged_set_survives_its_checkpoint_state_holding_only_its_own_images(merged):
     part = merged.train.subset(torch.tensor([8, 1, 5]))
-    back = image_set_from_state(part.state())
+    state = part.state()
+    back = image_set_from_state(state)
     assert isinstance(back, MergedImageSet)
     assert back.labels.tolist() == part.labels.tolist() == [4, 0, 2]
     assert torch.equal(back.load(torch.arange(3)), part.load(torch.arange(3)))
+    assert sum(len(p["labels"]) for p in state["parts"]) == 3  # the three images, not every training image
+
+
+def test_a_memory_restored_from_a_checkpoint_joins_the_live_stream_s_images(merged):
+    """On resume a replay memory is read back (its parts are new objects) and joined with the stream's next images."""
+    restored = image_set_from_state(merged.train.subset(torch.tensor([9, 0])).state())
+    live = merged.train.subset(torch.tensor([2, 3]))
+    joined = restored.concat(live)
+    assert joined.labels.tolist() == [4, 0, 1, 1]
+    assert torch.equal(joined.load(torch.arange(4)), merged.train.load(torch.tensor([9, 0, 2, 3])))
+    again = joined.concat(live).subset(torch.tensor([0, 4]))  # joins never pile up unused parts
+    assert again.labels.tolist() == [4, 1] and len(again.parts) <= 2
+    assert merged.train.subset(torch.tensor([0])).concat(live).parts == merged.train.parts[:1]  # one shared part, once
 
 
 @pytest.mark.parametrize("space, expected", [
@@ -127,7 +142,12 @@ def sequence_suite(tmp_path, stream_extra=None, datasets=None, methods=("zerosho
 @pytest.mark.parametrize("extra, datasets, line", [
     ({"steps": 3}, None, "streams[0].steps: a dataset-incremental stream has no 'steps'"),
     ({"class_order": "seeded"}, None, "streams[0].class_order: a dataset-incremental stream has no 'class_order'"),
-    ({"num_classes": 3}, None, "streams[0].num_classes: a dataset-incremental stream takes its datasets and their options under 'datasets'"),
+    ({"num_classes": 3}, None, "streams[0].num_classes: not a key of a dataset-incremental stream; its keys: name, scenario, datasets"),
+    ({"datasetz": []}, None, "streams[0].datasetz: not a key of a dataset-incremental stream (did you mean 'datasets'?)"),
+    ({}, [synthetic_part("a", 0, "clean"), 7], "streams[0].datasets[1]: must be a mapping with 'dataset'"),
+    ({}, [synthetic_part("a", 0, "clean"), {**synthetic_part("b", 3, "clean"), "label": ["x"]}], "streams[0].datasets[1].label: ['x']; use a non-empty string"),
+    ({}, [synthetic_part("a", 0, "clean"), {**synthetic_part("b", 3, "clean"), "shots": 0}], "streams[0].datasets[1].shots: 0; use a whole number"),
+    ({"prompts": {"class_names": "raw"}}, None, "streams[0].prompts.class_names: dataset 'synthetic' (streams[0].datasets[0]) offers no raw class names"),
     ({"label_space": "seen"}, None, "streams[0].label_space: Input should be 'dataset' or 'all'"),
     ({}, [synthetic_part("a", 0, "clean")], "streams[0].datasets: a dataset-incremental stream needs a list of at least two"),
     ({}, [synthetic_part("a", 0, "clean"), {"dataset": "synthtic"}], "streams[0].datasets[1].dataset: unknown dataset 'synthtic' (did you mean 'synthetic'?)"),
@@ -217,3 +237,41 @@ def test_few_shot_keeps_at_most_k_training_images_per_class_and_every_test_image
     assert sorted(one.train.labels.tolist()) == [0, 1, 2] and len(one.test) == len(part.test)
     assert torch.equal(few_shot(part, 1, seed=0).train.labels, one.train.labels)  # seeded
     assert len(few_shot(part, 5, seed=0).train) == len(part.train)  # fewer than k: all of them
+
+
+
+def test_raw_names_of_a_sequence_are_its_datasets_raw_names(merged):
+    from dataclasses import replace as dc_replace
+
+    a = dc_replace(tiny("a", 2, 8, 0, ["{}"]), raw_class_names=["a_0", "a_1"])
+    b = dc_replace(tiny("b", 1, 8, 0, ["{}"]), raw_class_names=["b_0"])
+    assert merge_datasets([("a", a), ("b", b)], 8).raw_class_names == ["a_0", "a_1", "b_0"]
+    assert merged.raw_class_names is None  # one dataset without raw names: none for the sequence
+
+
+def test_replay_on_datasets_of_different_sizes_and_labels_outside_the_id(tmp_path):
+    """er's memory mixes 16 px and 32 px datasets; renaming a dataset's label keeps every cell id."""
+    small = {**synthetic_part("small", 0, "clean"), "image_size": 16}
+    path = sequence_suite(tmp_path, {}, [small, synthetic_part("big", 3, "noisy")], methods=({"name": "er", "buffer": {"size": 6}},))
+    summary = run_suite(path, tmp_path / "out", progress=False)
+    assert summary.ok
+    ids = [c.cell_id for c in validate_suite(path).cells]
+    renamed = sequence_suite(tmp_path, {}, [{**small, "label": "renamed"}, synthetic_part("big", 3, "noisy")],
+                             methods=({"name": "er", "buffer": {"size": 6}},))
+    assert [c.cell_id for c in validate_suite(renamed).cells] == ids
+
+
+def test_a_sequence_counts_every_domain_s_training_images():
+    """Two datasets of 2 classes × 4 images in each of 4 domains: 64 training images, so a memory of 60 is valid."""
+    from clbench.errors import UserError
+    from pathlib import Path
+    import tempfile
+
+    parts = [{"dataset": "synthetic", "first_class": f, "num_classes": 2, "train_per_class": 4, "test_per_class": 1,
+              "label": str(f)} for f in (0, 2)]
+    with tempfile.TemporaryDirectory() as folder:
+        ok = sequence_suite(Path(folder), {}, parts, methods=({"name": "er", "buffer": {"size": 60}},))
+        assert len(validate_suite(ok).cells) == 1
+        bad = sequence_suite(Path(folder), {}, parts, methods=({"name": "er", "buffer": {"size": 65}},))
+        with pytest.raises(UserError, match="only 64 training images"):
+            validate_suite(bad)

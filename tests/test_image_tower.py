@@ -175,3 +175,26 @@ def test_predict_features_scores_cached_features_once_per_tower_version(learner)
     learner.weights_changed()  # a changed tower: features are computed again
     evaluate_step(learner, ScaledCosine(None, learner), 1)
     assert learner.cost.eval_images == 4 * n_test
+
+
+class Inverted(Method):
+    """Scores every class by minus CLIP's zero-shot logit: on any label space it picks the least likely class."""
+
+    name = "inverted"
+    trains = False
+
+    def predict(self, images, classes):
+        return -self.learner.zero_shot_logits(images, classes)
+
+
+def test_control_accuracy_after_the_last_step_uses_the_method_s_own_scores(plugins):
+    """zs_retention of a method with prompts or adapters reflects them, not the untouched backbone."""
+    from clbench.testing import TINY_STREAM, run_method
+
+    stream = {**TINY_STREAM, "num_classes": 8, "holdout_classes": 2}
+    inverted = run_method(Inverted, stream=stream, plugins=plugins)
+    zeroshot = run_method(plugins.methods.get("zeroshot"), stream=stream, plugins=plugins)
+    assert inverted["control_acc"]["before"] == zeroshot["control_acc"]["before"]  # the initial model, zero-shot
+    assert zeroshot["control_acc"]["after"] == zeroshot["control_acc"]["before"]
+    # minus the zero-shot scores picks the other of the two control classes wherever zero-shot is right
+    assert inverted["control_acc"]["after"] == pytest.approx(1 - zeroshot["control_acc"]["before"])

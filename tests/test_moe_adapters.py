@@ -248,7 +248,8 @@ def test_parameters_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="adapts no block"):
         MoEAdaptersParams(blocks=[])
     assert MoEAdaptersParams(blocks=[3, 1]).blocks == [1, 3]
-    assert MoEAdaptersParams(blocks=1).blocks == [1]  # one grid point of a suite's `blocks: [0, 1]`
+    with pytest.raises(ValueError, match=r"write blocks: \[\[1, ...\]\]"):  # a grid point of a suite's `blocks: [0, 1]`
+        MoEAdaptersParams(blocks=1)
     facts = StreamFacts(label="s", dataset="synthetic", scenario="class_incremental", steps=2, num_templates=2)
     assert MoEAdapters.check(MoEAdaptersParams(experts=2, top_k=3, template=2), facts, None) == {
         "top_k": "3 but experts is 2; use 1..2",

@@ -292,12 +292,14 @@ def test_tiny_cell_runs_records_and_resumes_to_the_same_record(tmp_path, plugins
     assert stable(resumed) == stable(uninterrupted)
 
 
-def test_coda_prompt_refuses_blocks_the_tower_lacks_in_its_cell(plugins):
+def test_coda_prompt_refuses_blocks_the_tower_lacks_before_any_work(plugins):
+    from clbench.errors import UserError
     from clbench.testing import run_method
 
-    record = run_method(CodaPrompt, {}, plugins=plugins)  # layers 0..4 on the 2-block tiny model
-    assert record["status"] == "failed"
-    assert record["error"] == "ValueError: layers: block 2 but the image tower has 2 blocks (0..1); list blocks below 2"
+    with pytest.raises(UserError, match=r"methods\[0\]\.layers: block 2 but clbench-tiny-32's image tower has 2 blocks; use blocks 0\.\.1"):
+        run_method(CodaPrompt, {}, plugins=plugins)  # layers 0..4 on the 2-block tiny model: refused by validate
+    with pytest.raises(ValueError, match="layers: block 2 but the image tower has 2 blocks"):  # and by the method itself
+        CodaPrompt(CodaPrompt.Params(), SimpleNamespace(image_tower=SimpleNamespace(blocks=2)))
 
 
 def test_importing_and_checking_the_methods_does_not_import_torch():

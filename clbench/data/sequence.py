@@ -9,10 +9,11 @@ carries its dataset's position in the sequence as its domain id, so a stream
 selects dataset k's images with ``where(domains=[k])``.
 
 Images of different datasets differ in size (MNIST 28 px, CIFAR 32 px, files
-decoded at the model's input size): ``MergedImageSet.load`` resizes to one
-common size (bicubic, antialiased) only when a batch mixes sizes, e.g. a replay
-memory holding exemplars of several datasets. A batch of one dataset comes
-through that dataset's own loader (decode workers included) untouched.
+decoded at the model's input size): every batch of a ``MergedImageSet`` comes
+at one common size, the model's input size (bicubic, antialiased, as the
+Learner would resize them), so new images and replayed exemplars of other
+datasets join in one batch. A batch of one dataset comes through that
+dataset's own loader (decode workers included).
 """
 from __future__ import annotations
 
@@ -63,13 +64,36 @@ class MergedImageSet(ImageSet):
 
     def subset(self, index: torch.Tensor) -> "MergedImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
-        return MergedImageSet(self.parts, self.offsets, self.part[index], self.local[index], self.size, self.ids[index])
+        return MergedImageSet(self.parts, self.offsets, self.part[index], self.local[index], self.size, self.ids[index])._compact()
 
     def concat(self, other: "MergedImageSet") -> "MergedImageSet":
-        if other.parts is not self.parts and [id(p) for p in other.parts] != [id(p) for p in self.parts]:
-            raise ValueError("only subsets of the same merged set can be joined")
-        return MergedImageSet(self.parts, self.offsets, torch.cat([self.part, other.part]), torch.cat([self.local, other.local]),
-                              self.size, torch.cat([self.ids, other.ids]))
+        """This set followed by ``other``: their parts joined (a part both hold is kept once), unused parts dropped.
+
+        Works for sets restored from checkpoints too (a replay memory read back on resume, joined
+        with the live stream's images), whose parts are other objects with the same content.
+        """
+        parts, offsets = list(self.parts), list(self.offsets)
+        where = {id(p): k for k, p in enumerate(parts)}
+        remap = []
+        for p, o in zip(other.parts, other.offsets):
+            if id(p) not in where:
+                where[id(p)] = len(parts)
+                parts.append(p)
+                offsets.append(o)
+            remap.append(where[id(p)])
+        other_part = torch.tensor(remap, dtype=torch.long)[other.part] if len(other.part) else other.part
+        return MergedImageSet(parts, offsets, torch.cat([self.part, other_part]), torch.cat([self.local, other.local]),
+                              self.size, torch.cat([self.ids, other.ids]))._compact()
+
+    def _compact(self) -> "MergedImageSet":
+        """The same images with only the parts they use (so joins over many experiences do not pile up parts)."""
+        used = self.part.unique().tolist()
+        if len(used) == len(self.parts):
+            return self
+        remap = torch.full((len(self.parts),), -1, dtype=torch.long)
+        remap[torch.tensor(used, dtype=torch.long)] = torch.arange(len(used))
+        return MergedImageSet([self.parts[k] for k in used], [self.offsets[k] for k in used], remap[self.part], self.local,
+                              self.size, self.ids)
 
     def _single_part(self) -> int | None:
         if len(self.part) and bool((self.part == self.part[0]).all()):
@@ -83,10 +107,9 @@ class MergedImageSet(ImageSet):
         for k in part.unique().tolist():
             mine = (part == k).nonzero().flatten()
             pieces[k] = (mine, self.parts[k].load(local[mine]))
-        sizes = {tuple(images.shape[-2:]) for _, images in pieces.values()}
         out = None
         for mine, images in pieces.values():
-            images = images if len(sizes) == 1 else _resize(images, self.size)
+            images = _resize(images, self.size)
             if out is None:
                 out = torch.empty((len(index),) + tuple(images.shape[1:]), dtype=torch.uint8)
             out[mine] = images
@@ -105,7 +128,7 @@ class MergedImageSet(ImageSet):
         for images, _labels in view.batches(batch_size):
             index = order[start:start + len(images)]
             start += len(images)
-            yield (images, self.labels[index]) + ((self.ids[index],) if with_ids else ())
+            yield (_resize(images, self.size), self.labels[index]) + ((self.ids[index],) if with_ids else ())
 
     def stored_bytes(self) -> int:
         total = 0
@@ -116,8 +139,19 @@ class MergedImageSet(ImageSet):
         return total
 
     def state(self) -> dict:
-        return {"kind": "merged", "parts": [p.state() for p in self.parts], "offsets": list(self.offsets),
-                "part": self.part, "local": self.local, "size": self.size, "ids": self.ids}
+        """Only the images this set holds: each used part cut to the positions it uses (a replay memory's
+        checkpoint holds its exemplars, not every training image of their datasets)."""
+        parts, local = [], self.local.clone()
+        used = self.part.unique().tolist()
+        part = torch.empty_like(self.part)
+        for new, k in enumerate(used):
+            mine = (self.part == k).nonzero().flatten()
+            positions, inverse = self.local[mine].unique(return_inverse=True)
+            parts.append(self.parts[k].subset(positions).state())
+            local[mine] = inverse
+            part[mine] = new
+        return {"kind": "merged", "parts": parts, "offsets": [self.offsets[k] for k in used],
+                "part": part, "local": local, "size": self.size, "ids": self.ids}
 
 
 def few_shot(dataset: Dataset, shots: int, seed: int) -> Dataset:
@@ -161,5 +195,8 @@ def merge_datasets(parts: list[tuple[str, Dataset]], size: int) -> Dataset:
     train = MergedImageSet.of([d.train for _, d in parts], offsets, size)
     test = MergedImageSet.of([d.test for _, d in parts], offsets, size)
     first = templates[0] if templates else ["a photo of a {}."]
+    raw = None  # the sources' raw names, where every dataset offers them
+    if all(d.raw_class_names is not None for _, d in parts):
+        raw = [n for _, d in parts for n in d.raw_class_names]
     return Dataset(name="+".join(d.name for _, d in parts), class_names=names, templates=list(first), train=train,
-                   test=test, domain_names=labels, class_templates=templates)
+                   test=test, domain_names=labels, class_templates=templates, raw_class_names=raw)
