@@ -141,21 +141,30 @@ class FileImageSet(ImageSet):
         return images
 
     def batches(self, batch_size, shuffle=False, generator=None, with_ids=False):
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        paths = [self.paths[i] for i in order.tolist()]
-        from torch.utils.data import DataLoader
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        decoder = _Decoder([self.paths[i] for i in order.tolist()], self.size)
+        yield from decoded_batches(self, decoder, order, batch_size, with_ids, "unreadable image {}; replace or remove the file")
 
-        loader = DataLoader(
-            _Decoder(paths, self.size), batch_size=batch_size, shuffle=False, num_workers=self.workers,
-            collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=False,
-            prefetch_factor=4 if self.workers else None,
-        )
-        for start, (images, bad) in zip(range(0, n, batch_size), loader):
-            if bad:
-                raise UserError(f"unreadable image {bad}; replace or remove the file")
-            index = order[start : start + batch_size]
-            yield (images, self.labels[index]) + ((self.ids[index],) if with_ids else ())
+
+def decoded_batches(data: ImageSet, decoder, order: torch.Tensor, batch_size: int, with_ids: bool, unreadable: str,
+                    collate=None):
+    """(uint8 images, labels[, ids]) batches of ``data`` in ``order``, decoded by torch's DataLoader workers.
+
+    ``decoder``: a map-style dataset whose item i decodes image ``order[i]`` as (image, bad name or
+    None); ``collate``: stacks items into (images, the first bad name) (default: this module's);
+    ``unreadable``: the one-line message, with ``{}`` for the bad name (raised as UserError).
+    ``data.workers`` decode processes (0: in this process).
+    """
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(decoder, batch_size=batch_size, shuffle=False, num_workers=data.workers, collate_fn=collate or _collate,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                        prefetch_factor=4 if data.workers else None)
+    for start, (images, bad) in zip(range(0, len(order), batch_size), loader):
+        if bad:
+            raise UserError(unreadable.format(bad))
+        index = order[start : start + batch_size]
+        yield (images, data.labels[index]) + ((data.ids[index],) if with_ids else ())
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -184,18 +184,12 @@ class HFImageSet(ImageSet):
         return images
 
     def batches(self, batch_size, shuffle=False, generator=None, with_ids=False):
-        from torch.utils.data import DataLoader
+        from .files import decoded_batches
 
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        loader = DataLoader(_Rows(self.table, self.source["column"], self.rows[order].tolist(), self.size), batch_size=batch_size,
-                            num_workers=self.workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-                            prefetch_factor=4 if self.workers else None)
-        for start, (images, bad) in zip(range(0, n, batch_size), loader):
-            if bad:
-                raise UserError(f"huggingface {self.source['name']}: unreadable image in {bad}")
-            index = order[start : start + batch_size]
-            yield (images, self.labels[index]) + ((self.ids[index],) if with_ids else ())
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        rows = _Rows(self.table, self.source["column"], self.rows[order].tolist(), self.size)
+        name = str(self.source["name"]).replace("{", "{{").replace("}", "}}")
+        yield from decoded_batches(self, rows, order, batch_size, with_ids, f"huggingface {name}: unreadable image in {{}}", _collate)
 
 
 # --- opening the data -------------------------------------------------------------
