@@ -68,6 +68,11 @@ def decode(path: str, size: int) -> torch.Tensor:
     image = _decode_fast(path)
     if image is None:
         image = _decode_pillow(path)
+    return resize_crop(image, size)
+
+
+def resize_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> (3, size, size): shorter side resized to ``size`` (bicubic, antialiased), centre crop."""
     h, w = image.shape[-2:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))

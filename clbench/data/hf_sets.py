@@ -38,7 +38,7 @@ from ..dataset_plugin import RUNTIME_OPTIONS, DatasetPlugin
 from ..errors import UserError
 from ..facts import DatasetFacts
 from .base import Dataset, ImageSet, default_ids
-from .files import _decode_pillow, decode, default_workers
+from .files import _decode_pillow, decode, decoded_batches, default_workers, resize_crop
 
 torch = lazy.load("torch")  # imported on first use: validate and list never load it
 
@@ -82,18 +82,6 @@ class HuggingFaceOptions(BaseModel):
 
 # --- the image set --------------------------------------------------------------
 
-def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (3, H, W) -> (3, size, size): shorter side to ``size`` (bicubic, antialiased), centre crop, as files.decode."""
-    h, w = image.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if (nh, nw) != (h, w):
-        image = torch.nn.functional.interpolate(image[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
-        image = image.round().clamp(0, 255).to(torch.uint8)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return image[:, top : top + size, left : left + size].contiguous()
-
-
 def decode_record(record: dict, size: int) -> torch.Tensor:
     """One undecoded ``Image`` value (``{"bytes": ..., "path": ...}``) as uint8 (3, size, size), RGB."""
     if record.get("bytes") is None:
@@ -107,7 +95,7 @@ def decode_record(record: dict, size: int) -> torch.Tensor:
         image = image if image.dtype == torch.uint8 and image.ndim == 3 else None
     except Exception:  # a format torchvision lacks: Pillow's turn
         image = None
-    return _fit(image if image is not None else _decode_pillow(io.BytesIO(data)), size)
+    return resize_crop(image if image is not None else _decode_pillow(io.BytesIO(data)), size)
 
 
 class _Rows:  # a map-style dataset for torch's DataLoader: decodes one row per item, errors reported as one line
@@ -184,7 +172,6 @@ class HFImageSet(ImageSet):
         return images
 
     def batches(self, batch_size, shuffle=False, generator=None, with_ids=False):
-        from .files import decoded_batches
 
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         rows = _Rows(self.table, self.source["column"], self.rows[order].tolist(), self.size)
