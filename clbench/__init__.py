@@ -24,6 +24,9 @@ _LAZY = {
     "Method": "clbench.method",
     "Params": "clbench.method",
     "no_grad": "clbench.method",
+    "to_device": "clbench.sync_check",
+    "no_host_sync": "clbench.sync_check",
+    "allow_host_sync": "clbench.sync_check",
     "RunSummary": "clbench.api",
     "run_suite": "clbench.api",
     "validate_suite": "clbench.api",
@@ -31,7 +34,8 @@ _LAZY = {
     "write_plots": "clbench.api",
 }
 
-__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "RunSummary", "run_suite", "validate_suite", "leaderboard",
+__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "to_device", "no_host_sync", "allow_host_sync",
+           "RunSummary", "run_suite", "validate_suite", "leaderboard",
            "write_plots", "hookimpl", "__version__"]  # every lazy name, and the two defined here
 
 

@@ -56,12 +56,16 @@ def cli():
 @click.option("--keep-checkpoints", is_flag=True, help="Keep each cell's last checkpoint after its record is written.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their status; run nothing.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the datasets (sets $CLBENCH_DATA).")
-def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_checkpoints, dry_run, data_root):
+@click.option("--cache-dir", help="Folder for decoded images and results shared between cells, or 'off' "
+              "(sets $CLBENCH_CACHE_DIR; default ~/.cache/clbench).")
+def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_checkpoints, dry_run, data_root, cache_dir):
     """Run every cell of SUITE_FILE that the results folder lacks, then print the leaderboard."""
-    if data_root:
-        import os
+    import os
 
+    if data_root:
         os.environ["CLBENCH_DATA"] = str(data_root)  # for the rest of the process, worker processes included
+    if cache_dir:
+        os.environ["CLBENCH_CACHE_DIR"] = cache_dir  # likewise
     summary = api.run_suite(suite_file, results_dir, executor=executor, workers=workers, only=only, retry_failed=retry_failed,
                             keep_checkpoints=keep_checkpoints, dry_run=dry_run, plugins=_plugins())
     if dry_run:

@@ -26,6 +26,8 @@ from .data.base import ImageSet
 from .errors import UserError
 from .data.scenarios import Experience, Stream
 from .models import ClipModel
+from .shared_results import SharedResults, weights_fingerprint
+from .sync_check import allow_host_sync
 
 LossFn = Callable[[Batch], torch.Tensor]
 PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
@@ -91,7 +93,7 @@ class Encoders:
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text features (len(texts), D) of raw strings (tokenised here)."""
-        tokens = self.clip.tokenizer(texts).to(self.device)
+        tokens = self.clip.tokenizer(texts).to(self.device, non_blocking=True)  # no wait for the device
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     def class_features(self, classes: Iterable[int], template: int | None = None, grad: bool = False) -> torch.Tensor:
@@ -107,10 +109,18 @@ class Encoders:
         key = "all" if template is None else str(template)
         missing = [c for c in classes if (c, key) not in self._text_cache]
         if missing:
-            with torch.no_grad(), self.autocast():
-                feats = self._class_features(missing, template)
-            self._text_cache.update({(c, key): f for c, f in zip(missing, feats)})
+            batch = self._text_batch(missing, key)
+            feats = self._encode_classes(batch, template)
+            self._text_cache.update({(c, key): f for c, f in zip(batch, feats)})
         return torch.stack([self._text_cache[(c, key)] for c in classes])
+
+    def _text_batch(self, missing: list[int], key: str) -> list[int]:
+        """The classes to encode when ``missing`` are asked for (the Learner widens it; see there)."""
+        return missing
+
+    def _encode_classes(self, classes: list[int], template: int | None) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self._class_features(classes, template)
 
     def _class_features(self, classes: list[int], template: int | None) -> torch.Tensor:
         data = self.dataset
@@ -162,6 +172,10 @@ class Learner(Encoders):
         self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
         self._image_cache: dict[int, tuple[int, torch.Tensor]] = {}  # id(image set) -> (weights version, features)
         self._weights_version = 0  # bumped whenever the image tower's weights change (cached image features go stale)
+        self._text_version = 0  # bumped whenever the text tower's weights may have changed
+        self.model_changed = False  # any weight changed since the model was built (checkpoints skip an unchanged model)
+        self.shared = SharedResults.default()  # zero-shot features computed once per machine (clbench/shared_results.py)
+        self._fingerprint = weights_fingerprint(self.model) if self.shared.folder is not None else None
         self.last_train_loss: float | None = None
         if train.data_on_device and self.device.type == "cuda":
             stream.to_device(self.device)
@@ -210,8 +224,13 @@ class Learner(Encoders):
         Cached text features and cached image features of test sets are dropped; ``fit``
         does this itself for the towers it trains.
         """
-        self._text_cache.clear()
+        self._text_changed()
         self._weights_version += 1
+        self.model_changed = True
+
+    def _text_changed(self) -> None:
+        self._text_cache.clear()
+        self._text_version += 1
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The model's weights and buffers by name (its ``state_dict``): tensors sharing storage with the model.
@@ -292,6 +311,9 @@ class Learner(Encoders):
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         text_trainable = self._text_trainable()
         total_loss = torch.zeros((), device=self.device)
+        from .sync_check import step_check
+
+        sync_check = step_check(self.device)  # CLBENCH_SYNC_CHECK=error|record: no host sync in a step (sync_check.py)
         self.model.train()
         with self.cost.timing("train", self.device):
             for _ in range(epochs):
@@ -307,22 +329,25 @@ class Learner(Encoders):
                     x = self.preprocess(images)
                     y = labels.to(self.device, non_blocking=True)
                     batch = Batch(x, y, classes, exp, n_replayed, ids)
-                    with self.autocast():
-                        loss = loss_fn(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if self.cfg.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    schedule.step()
-                    total_loss += loss.detach().float()
+                    with sync_check(host=(ids,)):  # batch.ids live on the host by design
+                        with self.autocast():
+                            loss = loss_fn(batch)
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        if self.cfg.grad_clip:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        schedule.step()
+                        total_loss += loss.detach().float()
                     self.cost.train_images += len(labels)
                     if text_trainable:
-                        self._text_cache.clear()
+                        self._text_changed()
         if any(p.requires_grad for p in self.model.visual.parameters()):
             self._weights_version += 1  # cached image features are stale; a frozen image tower keeps them
+        if any(p.requires_grad for p in self.model.parameters()):
+            self.model_changed = True
         self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
 
     @torch.no_grad()
@@ -350,14 +375,21 @@ class Learner(Encoders):
     def state_dict(self) -> dict:
         c = self.cost
         return {"generator": self.generator.get_state(), "last_train_loss": self.last_train_loss,
-                "cost": [c.train_images, c.train_seconds, c.eval_images, c.eval_seconds]}
+                "cost": [c.train_images, c.train_seconds, c.eval_images, c.eval_seconds], "model_changed": self.model_changed,
+                "towers_changed": [self._text_version > 0, self._weights_version > 0]}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.last_train_loss = state["last_train_loss"]
         c = self.cost
         c.train_images, c.train_seconds, c.eval_images, c.eval_seconds = state["cost"]
-        self.weights_changed()
+        # a tower still as built keeps computing (and sharing) its features as in an uninterrupted cell; a checkpoint
+        # written before these flags counts both towers as changed
+        self.model_changed = state.get("model_changed", True)
+        text_changed, image_changed = state.get("towers_changed", (True, True))
+        self._text_cache.clear()
+        self._image_cache.clear()
+        self._text_version, self._weights_version = int(text_changed), int(image_changed)
 
     # --- evaluation ---------------------------------------------------------
     @torch.no_grad()
@@ -422,11 +454,71 @@ class Learner(Encoders):
         hit = self._image_cache.get(id(data))
         if hit is not None and hit[0] == self._weights_version:
             return hit[1]
-        with self.cost.timing("eval", self.device):
-            feats = self.features(data)
-            self.cost.eval_images += len(data)
+
+        def compute() -> dict:
+            with self.cost.timing("eval", self.device):
+                feats = self.features(data)
+                self.cost.eval_images += len(data)
+            return {"features": feats}
+
+        identity = self._initial_key("image_features", data) if self._weights_version == 0 else None
+        if identity is None:
+            feats = compute()["features"]
+        else:
+            with allow_host_sync("shared results: the model as built's test-set features, saved or loaded once per set"):
+                feats = self.shared.get(identity, compute)["features"].to(self.device)
         self._image_cache[id(data)] = (self._weights_version, feats)
         return feats
+
+    def _initial_key(self, what: str, data: ImageSet | None = None, **extra) -> dict | None:
+        """The shared-results key of a zero-shot result of the model as built, or None when it cannot be shared
+        (store off, or an image set without an ``identity()``)."""
+        if self._fingerprint is None:
+            return None
+        key = {"what": what, "weights": self._fingerprint, "device": self.device.type, "amp": str(self.amp_dtype),
+               "compile": self.cfg.compile, "torch": torch.__version__,
+               # CPU float reductions depend on the thread count (docs/reliability.md, Determinism)
+               "threads": torch.get_num_threads() if self.device.type == "cpu" else None, **extra}
+        if data is not None:
+            identity = getattr(data, "identity", None)
+            images = identity() if callable(identity) else None
+            if images is None:
+                return None
+            key.update(images=images, image_size=self.clip.image_size, mean=list(self.clip.mean), std=list(self.clip.std),
+                       eval_batch_size=self.cfg.eval_batch_size)
+        return key
+
+    def _text_batch(self, missing: list[int], key: str) -> list[int]:
+        """While the text tower is as built, every class of the stream and its control set not cached yet, in one
+        pass (one shared result for every method of a stream); after it changed, only the classes asked for."""
+        if self._text_version:
+            return missing
+        wanted = [*self.stream.class_order, *self.stream.control_classes, *missing]
+        return [c for c in dict.fromkeys(wanted) if (c, key) not in self._text_cache]
+
+    def _encode_classes(self, classes: list[int], template: int | None) -> torch.Tensor:
+        if self._text_version:
+            return super()._encode_classes(classes, template)
+        prompts = [[t.format(self.dataset.class_names[c]) for t in self.dataset.templates_of(c)] for c in classes]
+        key = self._initial_key("class_features", prompts=prompts, template=template)
+        if key is None:
+            return self._encode_in_chunks(classes, template)
+        with allow_host_sync("shared results: the text tower as built's class features, saved or loaded once per cell"):
+            return self.shared.get(key, lambda: {"features": self._encode_in_chunks(classes, template)})["features"].to(self.device)
+
+    def _encode_in_chunks(self, classes: list[int], template: int | None, prompts_per_pass: int = 4096) -> torch.Tensor:
+        """Text features of many classes (ImageNet's 1,000 × 80 prompts) in passes of at most ``prompts_per_pass``
+        prompts, so the text tower's activations stay small."""
+        chunks, chunk, size = [], [], 0
+        for c in classes:
+            n = 1 if template is not None else len(self.dataset.templates_of(c))
+            if chunk and size + n > prompts_per_pass:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(c)
+            size += n
+        chunks.append(chunk)
+        return torch.cat([super(Learner, self)._encode_classes(part, template) for part in chunks if part])
 
     @torch.no_grad()
     def zero_shot_accuracy(self, data: ImageSet, classes: list[int]) -> float:

@@ -32,6 +32,8 @@ def seed_everything(seed: int) -> None:
 def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
     """The cell's stream; a dataset with an ``input_size_option`` (file-based ones) gets ``image_size`` (the model's)
     there unless the suite set it."""
+    from .data.decoded_cache import cached_dataset  # file-backed splits decoded once per machine, on first use
+
     cfg = cell.config["stream"]
     where = f"stream '{cell.stream_label}'"
     if cfg["scenario"] == "dataset_incremental":  # one dataset per experience (MTIL, X-TAIL)
@@ -41,10 +43,12 @@ def build_cell_stream(cell: Cell, plugins, image_size: int | None = None):
         for item in cfg["datasets"]:
             data = _build_dataset(plugins, item, image_size)
             parts.append((item["label"], few_shot(data, item["shots"], cell.seed) if item.get("shots") else data))
-        dataset = merge_datasets(parts, image_size or max(_largest_side(d) for _, d in parts))
+        size = image_size or max(_largest_side(d) for _, d in parts)
+        # each part's test split, and its few-shot training images rather than its whole training split
+        dataset = merge_datasets([(label, cached_dataset(d)) for label, d in parts], size)
         return build_stream(dataset, "dataset_incremental", cell.seed, cell.stream_label, where=where,
                             prompts=cfg.get("prompts"), label_space=cfg["label_space"])
-    dataset = _build_dataset(plugins, cfg, image_size)
+    dataset = cached_dataset(_build_dataset(plugins, cfg, image_size))
     return build_stream(
         dataset, cfg["scenario"], cell.seed, cell.stream_label, steps=cfg["steps"], class_order=cfg["class_order"],
         domains=cfg["domains"], holdout_classes=cfg["holdout_classes"], where=where, prompts=cfg.get("prompts"),
@@ -139,7 +143,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         saved = checkpoint.load() if checkpoint else None
         if saved:
             try:
-                learner.model.load_state_dict(saved["model"])
+                if saved["model"] is not None:  # None: the weights were still as built
+                    learner.model.load_state_dict(saved["model"])
                 method.load_state_dict(saved["method"])
                 learner.load_state_dict(saved["learner"])
                 set_rng_state(saved["rng"])
@@ -171,7 +176,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             if checkpoint and step < last:  # saved before the experience is reported done, so an interrupt after the report keeps it
                 checkpoint.save({
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
-                    "model": learner.model.state_dict(), "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
+                    "model": learner.model.state_dict() if learner.model_changed else None, "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
                 })
             (on_experience or plugins.experience_end)(report)
         step = None
@@ -199,6 +204,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                       traceback=traceback.format_exc(limit=20), buffer={"exemplars": 0, "bytes": 0},
                       memory=memory_record({}))
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
+    if learner is not None:
+        record["cost"]["shared_reused"] = learner.shared.hits  # zero-shot features loaded, not computed (shared_results.py)
     if resumed_at is not None:
         record["cost"]["resumed_at_experience"] = resumed_at
     record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed, model_info)

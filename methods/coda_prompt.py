@@ -67,7 +67,7 @@ import math
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import Method, Params, hookimpl
+from clbench import Method, Params, hookimpl, to_device
 from clbench.facts import blocks_problem, image_tower_problem
 from clbench.losses import cross_entropy_loss
 from clbench.memory import nbytes
@@ -221,7 +221,7 @@ class CodaPrompt(Method):
         features = learner.encode_images(batch.images, prefixes=prefixes)
         space = sorted(batch.exp.classes)  # the reference's mask: earlier tasks' logits -inf, later ones cut
         text = learner.class_features(space)
-        loss = cross_entropy_loss(features, batch.labels, text, torch.tensor(space, device=batch.labels.device), learner.logit_scale)
+        loss = cross_entropy_loss(features, batch.labels, text, to_device(space, batch.labels.device), learner.logit_scale)
         if self.weight_sums:
             per_slice = alpha_sum.reshape(len(alpha_sum), self.slices, self.per_task).mean(2).sum(0) / len(p.layers)
             self.weight_sums[-1] += per_slice

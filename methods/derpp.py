@@ -55,7 +55,7 @@ from typing import Literal
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import Method, hookimpl
+from clbench import Method, hookimpl, to_device
 from clbench.buffer import BufferSpec
 from clbench.losses import positions
 from clbench.replay import ReplayMethod, ReplayParams
@@ -155,10 +155,10 @@ class ScoreMemory:
             return
         slots, rows = torch.tensor(list(latest)), torch.tensor(list(latest.values()))
         self.ids[slots] = torch.as_tensor(ids)[rows]
-        on_device = slots.to(self.device)
+        on_device = to_device(slots, self.device)
         c = scores.shape[1]
         self.scores[on_device] = 0.0
-        self.scores[on_device, :c] = scores[rows.to(scores.device)].detach().float().to(self.device)
+        self.scores[on_device, :c] = scores[to_device(rows, scores.device)].detach().float().to(self.device)
         self.cols[on_device] = c
 
     def sample(self, n: int):
@@ -173,8 +173,8 @@ class ScoreMemory:
         return self.images.load(ids), self.images.labels[ids], ids
 
     def stored(self, slots):
-        """(scores (n, width), stored column counts (n,)) of the given slots, on the device."""
-        on_device = slots.to(self.device)
+        """(scores (n, width), stored column counts (n,)) of the given slots (a host tensor), on the device."""
+        on_device = to_device(slots, self.device)
         return self.scores[on_device], self.cols[on_device]
 
     def image_bytes(self) -> int:
@@ -226,7 +226,7 @@ class DERpp(Method):
             raise ValueError("derpp stores scores by dataset id; this batch has no ids")
         labels = batch.labels
         seen = learner.stream.seen(batch.exp.index)
-        seen_t = torch.tensor(seen, device=labels.device)
+        seen_t = to_device(seen, labels.device)
         text = learner.class_features(seen, template=p.template, grad=True)
         scores = learner.logit_scale * learner.encode_images(batch.images) @ text.t()
         n_new, n_mse, stored, cols = batch.n_new, 0, None, None

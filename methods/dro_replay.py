@@ -21,7 +21,7 @@ from typing import Literal
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import hookimpl
+from clbench import hookimpl, to_device
 from clbench.replay import ReplayMethod, ReplayParams
 
 from .dro import GroupDRO, KLDRO
@@ -65,7 +65,7 @@ class DROReplay(ReplayMethod):
         p, learner = self.params, self.learner
         if p.update == "uniform":
             loss = objective(learner, batch, p.loss, p.template)
-            classes = torch.tensor(batch.classes, device=batch.labels.device)
+            classes = to_device(batch.classes, batch.labels.device)
             self._track(classes, torch.ones(len(classes), device=batch.labels.device))
             return loss
         terms = objective_by_class(learner, batch, p.loss, p.template)

@@ -48,7 +48,7 @@ from typing import Literal
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import hookimpl
+from clbench import hookimpl, to_device
 from clbench.buffer import BufferSpec
 from clbench.losses import positions
 from clbench.replay import ReplayMethod, ReplayParams
@@ -76,7 +76,7 @@ def ace_loss(learner, batch, template: int = 0):
     """ER-ACE's loss on one mixed batch (a scalar tensor); see the module docstring."""
     labels, n = batch.labels, batch.n_new
     seen = learner.stream.seen(batch.exp.index)
-    seen_t = torch.tensor(seen, device=labels.device)
+    seen_t = to_device(seen, labels.device)
     text = learner.class_features(seen, template=template, grad=True)
     scores = learner.logit_scale * learner.encode_images(batch.images) @ text.t()
     target = positions(seen_t, labels)  # each label's column

@@ -32,6 +32,7 @@ import math
 
 import lazy_loader as lazy
 
+from clbench import to_device
 from clbench.losses import positions
 
 torch = lazy.load("torch")  # imported on first use: validate never loads it
@@ -78,7 +79,7 @@ class GlobalContrastive:
         h_d = h.detach().masked_fill(~negative, float("-inf"))
         log_g = torch.logsumexp(h_d, 0) - n_neg.clamp(min=1).log()  # log of the batch mean over negatives
 
-        ids = ids.to(self.log_u.device)
+        ids = to_device(ids, self.log_u.device)  # dataset ids come from the host
         old = self.log_u[ids]
         if self.gamma >= 1:
             log_u = log_g

@@ -11,7 +11,7 @@ from __future__ import annotations
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import hookimpl
+from clbench import hookimpl, to_device
 from clbench.replay import ReplayMethod, ReplayParams
 
 from .gcl import GlobalContrastive
@@ -35,7 +35,7 @@ class GCLReplay(ReplayMethod):
         learner = self.learner
         seen = learner.stream.seen(batch.exp.index)
         text = learner.class_features(seen, template=self.params.template, grad=True)
-        seen_t = torch.tensor(seen, device=batch.labels.device)
+        seen_t = to_device(seen, batch.labels.device)
         if batch.ids is None:
             raise RuntimeError("gcl_replay needs each image's dataset id: the dataset plugin's image sets must carry "
                                "'ids' through subset/concat like labels (clbench.data.base.ImageSet)")

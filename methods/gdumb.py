@@ -58,7 +58,7 @@ from typing import Callable, Literal
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import Method, Params, hookimpl
+from clbench import Method, Params, hookimpl, to_device
 from clbench.buffer import BufferSpec
 from clbench.facts import template_problem
 from clbench.losses import contrastive_loss, cross_entropy_loss
@@ -163,7 +163,7 @@ def beta_quantile(alpha: float, u: float) -> float:
 def cutmix(images, alpha: float, generator):
     """Mammoth's ``cutmix_data`` on a batch: (mixed images, permutation on the images' device, lam as pixel ratio)."""
     lam = beta_quantile(alpha, float(torch.rand((), generator=generator, dtype=torch.float64)))
-    perm = torch.randperm(len(images), generator=generator).to(images.device)
+    perm = to_device(torch.randperm(len(images), generator=generator), images.device)
     cx = int(torch.randint(images.shape[2], (), generator=generator))
     cy = int(torch.randint(images.shape[3], (), generator=generator))
     x1, y1, x2, y2 = cutmix_box(images.shape, lam, cx, cy)
@@ -228,7 +228,7 @@ class GDumb(Method):
         images, perm, lam = cutmix(batch.images, p.cutmix_alpha, self.cutmix_generator)
         classes = label_space(learner, batch, p.loss)
         text = learner.class_features(classes, template=p.template, grad=True)
-        classes_t = torch.tensor(classes, device=labels.device)
+        classes_t = to_device(classes, labels.device)
         fn = contrastive_loss if p.loss == "contrastive" else cross_entropy_loss
         features = learner.encode_images(images)
         return (lam * fn(features, labels, text, classes_t, learner.logit_scale)

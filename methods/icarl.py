@@ -18,7 +18,7 @@ from __future__ import annotations
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import hookimpl
+from clbench import hookimpl, to_device
 from clbench.buffer import BufferSpec
 from clbench.losses import cross_entropy_loss
 from clbench.memory import nbytes
@@ -67,7 +67,7 @@ class ICaRL(ReplayMethod):
         seen = learner.stream.seen(batch.exp.index)
         text = learner.class_features(seen, template=self.params.template, grad=True)
         features = learner.encode_images(batch.images)
-        seen_t = torch.tensor(seen, device=labels.device)
+        seen_t = to_device(seen, labels.device)
         loss = cross_entropy_loss(features, labels, text, seen_t, learner.logit_scale)
         if self.previous is None or not self.params.distill_weight:
             return loss

@@ -58,12 +58,12 @@ from __future__ import annotations
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import Method, Params, hookimpl
+from clbench import Method, Params, hookimpl, to_device
 from clbench.facts import image_tower_problem
 from clbench.losses import cross_entropy_loss
 from clbench.memory import nbytes
 
-from .prompt_pool import batchwise_majority, gather_prompts, pull_constraint, select_top_k
+from .prompt_pool import batchwise_majority, gather_prompts, id_counts, pull_constraint, select_top_k
 
 torch = lazy.load("torch")
 
@@ -132,10 +132,10 @@ class L2P(Method):
         features = learner.encode_images(batch.images, prompts=gather_prompts(self.prompts, idx))
         space = sorted(batch.exp.classes)  # the reference's train_mask: logits outside the current task are -inf
         text = learner.class_features(space)
-        classes = torch.tensor(space, device=batch.labels.device)
+        classes = to_device(space, batch.labels.device)
         loss = cross_entropy_loss(features, batch.labels, text, classes, learner.logit_scale)
         if self.counts:
-            self.counts[-1] += torch.bincount(idx.reshape(-1), minlength=p.pool_size)
+            self.counts[-1] += id_counts(idx, p.pool_size)
         if p.pull_constraint_coeff:
             loss = loss - p.pull_constraint_coeff * pull_constraint(query, self.keys, idx)
         return loss

@@ -52,7 +52,7 @@ from typing import Literal
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import Method, Params, hookimpl
+from clbench import Method, Params, hookimpl, to_device
 from clbench.facts import template_problem
 from clbench.losses import contrastive_loss, cross_entropy_loss
 
@@ -119,11 +119,11 @@ class LwF(Method):
         text = learner.class_features(prompts, template=p.template, grad=True)
         features = learner.encode_images(batch.images)
         fn = contrastive_loss if p.loss == "contrastive" else cross_entropy_loss
-        loss = fn(features, labels, text[: len(space)], torch.tensor(space, device=labels.device), learner.logit_scale)
+        loss = fn(features, labels, text[: len(space)], to_device(space, labels.device), learner.logit_scale)
         if not old:
             return loss
         row = {c: i for i, c in enumerate(prompts)}
-        old_text = text[torch.tensor([row[c] for c in old], device=text.device)]
+        old_text = text[to_device([row[c] for c in old], text.device)]
         current = learner.logit_scale * features @ old_text.t()
         teacher = self.previous.logit_scale * self.previous.encode_images(batch.images) @ self.previous_text.t()
         return loss + p.distill_weight * distillation(current, teacher, p.temperature, p.distill_t_squared)

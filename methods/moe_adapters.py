@@ -138,7 +138,7 @@ from typing import Literal, Optional, Union
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import Method, Params, hookimpl, no_grad
+from clbench import Method, Params, allow_host_sync, hookimpl, no_grad, to_device
 from clbench.facts import blocks_problem, image_tower_problem, template_problem
 from clbench.losses import positions
 from clbench.memory import nbytes
@@ -267,12 +267,16 @@ def expert_forward(expert, x, scale: float, dropout: float = 0.0, training: bool
 
 
 def mix(experts, gates, x, scale: float, dropout: float = 0.0, training: bool = False):
-    """Σ_e g_e · E_e(x) for images x (B, N, W) and gates (B, E): each expert runs only on the images it was given."""
+    """Σ_e g_e · E_e(x) for images x (B, N, W) and gates (B, E): each expert runs only on the images it was given.
+
+    Running an expert on its own images needs their number on the host: the per-expert counts (E,) are
+    read once per call, the one host sync of this sparse dispatch (a dense one, every expert on every
+    image, would need none but costs E/top_k times the expert compute and draws other dropout masks).
+    """
     chosen = gates > 0
-    rows, cols = chosen.nonzero(as_tuple=True)
-    order = cols.argsort(stable=True)
-    rows, cols = rows[order], cols[order]
-    counts = torch.bincount(cols, minlength=gates.shape[1]).tolist()
+    with allow_host_sync("moe dispatch: each expert's image count sizes its batch"):
+        counts = chosen.sum(0).tolist()
+    rows = torch.nonzero_static(chosen.t(), size=sum(counts))[:, 1]  # images of expert 0, then of expert 1, ...
     out = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     for e, index in enumerate(rows.split(counts)):
         if len(index):
@@ -444,7 +448,7 @@ class MoEAdapters(Method):
         self.bank.terms = []
         features = learner.encode_images(batch.images, adapters=self.bank.adapters())
         logits = learner.logit_scale * features @ text.t()
-        target = positions(torch.tensor(classes, device=batch.labels.device), batch.labels)
+        target = positions(to_device(classes, batch.labels.device), batch.labels)
         loss = torch.nn.functional.cross_entropy(logits.float(), target, label_smoothing=p.label_smoothing)
         if self.bank.balance and self.bank.terms:
             loss = loss + p.balance_weight * torch.stack(self.bank.terms).sum()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import lazy_loader as lazy
 
+from clbench import to_device
 from clbench.losses import contrastive_loss, contrastive_terms, cross_entropy_loss, positions
 
 torch = lazy.load("torch")
@@ -30,7 +31,7 @@ def objective(learner, batch, loss: str = "contrastive", template: int = 0, grad
     text = learner.class_features(classes, template=template, grad=grad_text)
     fn = contrastive_loss if loss == "contrastive" else cross_entropy_loss
     labels = batch.labels
-    return fn(learner.encode_images(batch.images), labels, text, torch.tensor(classes, device=labels.device), learner.logit_scale)
+    return fn(learner.encode_images(batch.images), labels, text, to_device(classes, labels.device), learner.logit_scale)
 
 
 @dataclass
@@ -55,8 +56,8 @@ def objective_by_class(learner, batch, loss: str = "contrastive", template: int 
     space = label_space(learner, batch, loss)
     text = learner.class_features(space, template=template, grad=grad_text)
     features = learner.encode_images(batch.images)
-    space_t = torch.tensor(space, device=labels.device)
-    present = space_t if loss == "contrastive" else torch.tensor(batch.classes, device=labels.device)
+    space_t = to_device(space, labels.device)
+    present = space_t if loss == "contrastive" else to_device(batch.classes, labels.device)
     if loss == "contrastive":
         image_terms, text_terms = contrastive_terms(features, labels, text, space_t, learner.logit_scale)
     else:

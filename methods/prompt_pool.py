@@ -42,9 +42,15 @@ def batchwise_majority(idx: "torch.Tensor", pool_size: int) -> "torch.Tensor":
     Every row holds N distinct ids, so at least N ids have a count above zero.
     """
     B, N = idx.shape
-    counts = torch.bincount(idx.reshape(-1), minlength=pool_size)
-    major = torch.sort(counts, descending=True, stable=True).indices[:N]
+    major = torch.sort(id_counts(idx, pool_size), descending=True, stable=True).indices[:N]
     return major.unsqueeze(0).expand(B, N)
+
+
+def id_counts(idx: "torch.Tensor", size: int) -> "torch.Tensor":
+    """How often each id in 0..size-1 occurs in ``idx`` (any shape): int64 (size,), as ``torch.bincount(idx, minlength=size)``
+    but without reading the largest id on the host (bincount's output size depends on it, a sync on a GPU)."""
+    flat = idx.reshape(-1)
+    return torch.zeros(size, dtype=torch.long, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def gather_prompts(prompts: "torch.Tensor", idx: "torch.Tensor") -> "torch.Tensor":

@@ -83,7 +83,7 @@ from typing import Any, Optional
 import lazy_loader as lazy
 from pydantic import Field, PositiveInt, field_validator
 
-from clbench import Method, Params, hookimpl, no_grad
+from clbench import Method, Params, hookimpl, no_grad, to_device
 from clbench.datasets import build_dataset, dataset_problem
 from clbench.facts import template_problem
 from clbench.losses import positions
@@ -244,7 +244,7 @@ class ZSCL(Method):
         features = learner.encode_images(images)
         text = learner.class_features(classes, template=p.template, grad=True)
         logits = learner.logit_scale * features[:n] @ text.t()
-        targets = positions(torch.tensor(classes, device=batch.labels.device), batch.labels)
+        targets = positions(to_device(classes, batch.labels.device), batch.labels)
         loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=p.label_smoothing)
         if self._distils():
             scale = self.teacher.logit_scale

@@ -162,7 +162,11 @@ class ScaledCosineFromImages(ScaledCosine):
         return self.predict_features(self.learner.encode_images(images), classes)
 
 
-def test_predict_features_scores_cached_features_once_per_tower_version(learner):
+def test_predict_features_scores_cached_features_once_per_tower_version(clip, monkeypatch):
+    monkeypatch.setenv("CLBENCH_CACHE_DIR", "off")  # counts this cell's own encoding, nothing shared with other tests
+    data = build_synthetic(num_classes=6, train_per_class=4, test_per_class=3, world_domains=["clean"])
+    learner = Learner(clip, build_stream(data, "class_incremental", 0, "s", steps=2), TrainConfig(batch_size=8), seed=0)
+    learner.model.eval()
     assert ScaledCosine.scores_from_features() and not ScaledCosine.uses_zero_shot_rule()
     assert not ScaledCosineFromImages.scores_from_features()
     n_test = sum(len(e.test) for e in learner.stream.experiences)

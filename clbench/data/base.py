@@ -49,6 +49,11 @@ class ImageSet:
         """Tensors and plain values that rebuild this set (for checkpoints read with weights_only)."""
         raise NotImplementedError
 
+    def identity(self) -> str | None:
+        """A key naming exactly the pixels this set yields (e.g. a hash of its files and decode size), so results
+        computed from them can be shared between cells; None (the default): unknown, never shared."""
+        return None
+
 
     def where(self, classes=None, domains=None) -> "ImageSet":
         keep = torch.ones(len(self), dtype=torch.bool)
@@ -110,9 +115,23 @@ class InMemoryImageSet(ImageSet):
     def load(self, index: torch.Tensor) -> torch.Tensor:
         return self.images[index]
 
+    def identity(self) -> str:
+        """sha256 of the pixels (shape and bytes): the key of results computed from these images
+        (clbench/shared_results.py). Computed once per set."""
+        if getattr(self, "_identity", None) is None:
+            import hashlib
+
+            pixels = self.images.detach().cpu().contiguous()
+            digest = hashlib.sha256(f"memory|{tuple(pixels.shape)}|".encode())
+            digest.update(pixels.numpy().tobytes())
+            self._identity = digest.hexdigest()
+        return self._identity
+
     def to(self, device) -> "InMemoryImageSet":
         """Pixels on ``device``; labels stay on the host, so choosing classes never waits on the device."""
-        return InMemoryImageSet(self.images.to(device), self.labels, self.domains, self.ids)
+        moved = InMemoryImageSet(self.images.to(device), self.labels, self.domains, self.ids)
+        moved._identity = getattr(self, "_identity", None)
+        return moved
 
     def concat(self, other: "InMemoryImageSet") -> "InMemoryImageSet":
         domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])

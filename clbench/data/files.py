@@ -127,6 +127,9 @@ class FileImageSet(ImageSet):
                             self.ids[index])
 
     def concat(self, other: "FileImageSet") -> "FileImageSet":
+        from .decoded_cache import plain
+
+        other = plain(other)  # a decoded (cached) set joins with the files it was decoded from
         domains = None if self.domains is None or other.domains is None else torch.cat([self.domains, other.domains])
         return FileImageSet(self.paths + other.paths, torch.cat([self.labels, other.labels]), domains, self.size, self.workers,
                             torch.cat([self.ids, other.ids]))
@@ -134,6 +137,18 @@ class FileImageSet(ImageSet):
     def stored_bytes(self) -> int:
         """The encoded files: what a system keeping these exemplars on disk would hold."""
         return sum(os.path.getsize(p) for p in self.paths) + len(self) * 8
+
+    def identity(self) -> str | None:
+        """sha256 naming the pixels this set yields: decode size and, per file, its resolved path, size and mtime_ns
+        (clbench/data/decoded_cache.py); None when a file cannot be stat'ed. Computed once per set."""
+        if getattr(self, "_identity", None) is None:
+            from .decoded_cache import file_identities, identity_key
+
+            try:
+                self._identity = identity_key("files", self.size, file_identities(self.paths))
+            except OSError:
+                return None
+        return self._identity
 
     def state(self) -> dict:
         return {"kind": "files", "paths": list(self.paths), "labels": self.labels, "domains": self.domains,

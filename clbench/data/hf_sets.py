@@ -140,6 +140,9 @@ class HFImageSet(ImageSet):
         return HFImageSet(self.table, self.source, self.rows[index], self.labels[index], self.size, self.workers, self.ids[index])
 
     def concat(self, other: "HFImageSet") -> "HFImageSet":
+        from .decoded_cache import plain
+
+        other = plain(other)  # a decoded (cached) set joins with the rows it was decoded from
         if not isinstance(other, HFImageSet) or other.source != self.source:
             raise ValueError("only rows of the same Hugging Face split can be joined")
         return HFImageSet(self.table, self.source, torch.cat([self.rows, other.rows]), torch.cat([self.labels, other.labels]),
@@ -153,6 +156,28 @@ class HFImageSet(ImageSet):
         for record in self.table[self.rows.tolist()][self.source["column"]] if len(self) else []:
             total += len(record["bytes"]) if record.get("bytes") is not None else os.path.getsize(record["path"])
         return total + len(self) * 8
+
+    def identity(self) -> str | None:
+        """sha256 naming the pixels this set yields (clbench/data/decoded_cache.py): decode size, which split and
+        column of which dataset, the table's ``datasets`` fingerprint, its Arrow files (resolved path, size,
+        mtime_ns) and the row numbers. None without a fingerprint or when a file cannot be stat'ed. Images
+        stored as paths to files outside the Arrow files are named by their paths only."""
+        if getattr(self, "_identity", None) is None:
+            import json
+
+            from .decoded_cache import file_identities, identity_key, tensor_digest
+
+            fingerprint = getattr(self.table, "_fingerprint", None)
+            if fingerprint is None:
+                return None
+            what = json.dumps({k: self.source.get(k) for k in ("hub", "hub_config", "revision", "split", "column")}, sort_keys=True)
+            try:
+                files = list(file_identities(f["filename"] for f in self.table.cache_files))
+            except OSError:
+                return None
+            items = [what, f"fingerprint {fingerprint}", *files, f"rows {tensor_digest(self.rows)}"]
+            self._identity = identity_key("huggingface", self.size, items)
+        return self._identity
 
     def state(self) -> dict:
         return {"kind": "huggingface", "source": dict(self.source), "rows": self.rows, "labels": self.labels, "size": self.size,

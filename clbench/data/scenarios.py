@@ -77,18 +77,44 @@ class Stream:
         return classes
 
     def to_device(self, device) -> None:
-        """Move in-memory image sets to ``device`` (file-backed sets stay where they are)."""
+        """Move image sets' pixels to ``device`` (labels stay on the host): in-memory sets, and decoded (cached)
+        file-backed sets that fit in a quarter of the device's free memory; other file-backed sets stay.
+        A set several experiences share (one test set for every domain) is moved once and stays shared."""
+        moved: dict[int, tuple[ImageSet, ImageSet]] = {}  # id -> (set, moved set); the set is kept so ids stay unique
+
+        def move(data: ImageSet) -> ImageSet:
+            if id(data) not in moved:
+                moved[id(data)] = (data, _on_device(data, device))
+            return moved[id(data)][1]
+
         for exp in self.experiences:
-            for name in ("train", "test"):
-                data = getattr(exp, name)
-                if hasattr(data, "images"):
-                    setattr(exp, name, data.to(device))
-        if self.control is not None and hasattr(self.control, "images"):
-            self.control = self.control.to(device)
+            exp.train, exp.test = move(exp.train), move(exp.test)
+        if self.control is not None:
+            self.control = move(self.control)
 
     @property
     def class_order_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.class_order).encode()).hexdigest()[:16]
+
+
+def _on_device(data: ImageSet, device) -> ImageSet:
+    """``data`` with its pixels on ``device`` when it is in memory, or decoded and fitting; else ``data``."""
+    if hasattr(data, "images"):
+        return data.to(device)
+    if hasattr(data, "pixel_bytes") and fits_on_device(device, data.pixel_bytes()):
+        return data.to(device)
+    return data
+
+
+def fits_on_device(device, nbytes: int) -> bool:
+    """Whether ``nbytes`` take at most a quarter of a CUDA device's free memory (False for any other device)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 4
 
 
 def numpy_permutation(n: int, seed: int) -> list[int]:

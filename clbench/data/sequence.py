@@ -138,6 +138,19 @@ class MergedImageSet(ImageSet):
                 total += p.subset(mine).stored_bytes()
         return total
 
+    def identity(self) -> str | None:
+        """sha256 naming the pixels this set yields (clbench/data/decoded_cache.py): its parts' identities, which
+        image of which part each position holds, and the common size; None when a part has none."""
+        if getattr(self, "_identity", None) is None:
+            from .decoded_cache import identity_key, tensor_digest
+
+            parts = [getattr(p, "identity", lambda: None)() for p in self.parts]
+            if any(p is None for p in parts):
+                return None
+            self._identity = identity_key("merged", self.size, [*parts, f"part {tensor_digest(self.part)}",
+                                                                 f"local {tensor_digest(self.local)}"])
+        return self._identity
+
     def state(self) -> dict:
         """Only the images this set holds: each used part cut to the positions it uses (a replay memory's
         checkpoint holds its exemplars, not every training image of their datasets)."""

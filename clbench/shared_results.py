@@ -1,0 +1,123 @@
+"""Work that several cells of a grid would repeat, done once per machine: a content-addressed store.
+
+Every method of a stream and seed starts from the same pretrained model, so the
+zero-shot image features of its test sets (from which ``Z``, the initial
+evaluation, and every evaluation of a frozen image tower follow) and the text
+features of its class prompts are the same in all of them. The Learner asks
+this store for them by a key that names everything the result depends on (a
+fingerprint of the model's weights, the images' identity, the prompts, the
+device kind, precision and batch size, torch's and open_clip's versions); the
+first cell to ask computes and saves, every later one loads the identical
+tensors. So a record is the same with and without the store.
+
+Entries live in ``clbench.cache_dir.cache_folder("shared")``; they are written
+atomically, read with ``weights_only``, checked against their full key, and a
+per-key ``flock`` makes a second process wait for the first one's result
+instead of computing it again. A broken entry is deleted and recomputed.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import lazy_loader as lazy
+
+from .cache_dir import cache_folder
+
+torch = lazy.load("torch")
+
+FORMAT = 1
+
+
+def key_of(parts: dict) -> str:
+    """The hex sha256 of ``parts`` as canonical JSON (sorted keys): an entry's file name."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def weights_fingerprint(model) -> str:
+    """A fingerprint of a model's weights and buffers: names, shapes, dtypes and up to 4,096 evenly strided values
+    of every tensor (all of a small tensor), hashed with sha256.
+
+    Two checkpoints that differ anywhere in a trained layer differ in its sampled values; one host copy
+    of a few values per tensor, so it is cheap for ViT-L as for the tiny model.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().contiguous()
+            h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+class SharedResults:
+    """Tensors computed once per key on this machine (``folder`` None: a store that never keeps anything)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = None if folder is None else Path(folder)
+        self.hits = 0  # entries loaded instead of computed, for the cost record
+        self.misses = 0
+
+    @classmethod
+    def default(cls) -> "SharedResults":
+        """The store in the machine's cache folder, or an inert one when ``CLBENCH_CACHE_DIR=off``."""
+        return cls(cache_folder("shared"))
+
+    def get(self, parts: dict, compute: Callable[[], dict[str, "torch.Tensor"]]) -> dict[str, "torch.Tensor"]:
+        """The tensors stored under ``parts``, computing and storing them first when absent.
+
+        ``compute()`` returns a dict of tensors (any device; stored on the host, returned as
+        computed or as loaded on the host). Another process computing the same key is waited
+        for. A store folder that cannot be written makes this plain ``compute()``.
+        """
+        if self.folder is None:
+            return compute()
+        key = key_of({"format": FORMAT, **parts})
+        path = self.folder / key[:2] / f"{key}.pt"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return compute()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the OS drops it if its holder dies, so nobody waits forever
+            found = _read(path, key)
+            if found is not None:
+                self.hits += 1
+                return found
+            result = compute()
+            self.misses += 1
+            _write(path, {"key": key, "tensors": {k: v.detach().cpu() for k, v in result.items()}})
+            return result
+        finally:
+            os.close(fd)
+
+
+def _read(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if entry.get("key") != key:
+            raise ValueError("entry of another key")
+        return dict(entry["tensors"])
+    except Exception:  # truncated, foreign or unreadable: recomputed, never trusted
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _write(path: Path, entry: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(entry, f)
+        os.replace(tmp, path)
+    except OSError:  # a full disk loses the entry, never the cell
+        Path(tmp).unlink(missing_ok=True)
