@@ -155,6 +155,17 @@ def run_suite(suite_file: PathLike, results: PathLike | None = None, *, executor
             os.environ["CLBENCH_DATA"] = previous
 
 
+def _check_environment() -> None:
+    """The environment variables a run reads, checked before any cell: one line naming the variable (UserError)."""
+    from .cache_dir import ENV, cache_root
+    from .sync_check import mode_from_env
+
+    mode_from_env()
+    root = cache_root()
+    if root is not None and root.exists() and not root.is_dir():
+        raise UserError(f"{ENV}: '{root}' is a file, not a folder; point it (or --cache-dir) at a folder, or use 'off'")
+
+
 def _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_checkpoints, dry_run, plugins,
                progress) -> RunSummary:
     from .results import ResultStore
@@ -163,6 +174,7 @@ def _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_
         raise UserError(f"workers: must be an integer of at least 1 (cells run at once), got {workers!r}")
     plugins = _plugins(plugins)
     suite = validate_suite(suite_file, plugins=plugins)
+    _check_environment()
     executor_name = executor or suite.executor
     executor_cls = plugins.executors.get(executor_name)
     options = suite.executor_options if executor_name == suite.executor else None

@@ -475,7 +475,10 @@ class Learner(Encoders):
         (store off, or an image set without an ``identity()``)."""
         if self._fingerprint is None:
             return None
-        key = {"what": what, "weights": self._fingerprint, "device": self.device.type, "amp": str(self.amp_dtype),
+        tokenizer = self.clip.tokenizer
+        key = {"what": what, "weights": self._fingerprint, "arch": self.clip.arch, "activation": self.clip.activation,
+               "tokenizer": [type(tokenizer).__name__, getattr(tokenizer, "context_length", None)],
+               "device": self.device.type, "amp": str(self.amp_dtype),
                "compile": self.cfg.compile, "torch": torch.__version__,
                # CPU float reductions depend on the thread count (docs/reliability.md, Determinism)
                "threads": torch.get_num_threads() if self.device.type == "cpu" else None, **extra}

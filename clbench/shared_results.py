@@ -41,15 +41,17 @@ def key_of(parts: dict) -> str:
 
 
 def weights_fingerprint(model) -> str:
-    """A fingerprint of a model's weights and buffers: names, shapes, dtypes and up to 4,096 evenly strided values
-    of every tensor (all of a small tensor), hashed with sha256.
+    """A fingerprint of a model: its modules' ``repr`` (layer kinds and sizes, activation functions) and, for every
+    parameter and buffer (non-persistent ones included), its name, shape, dtype and up to 4,096 evenly strided values
+    (all of a small tensor), hashed with sha256.
 
     Two checkpoints that differ anywhere in a trained layer differ in its sampled values; one host copy
     of a few values per tensor, so it is cheap for ViT-L as for the tiny model.
     """
-    h = hashlib.sha256()
+    h = hashlib.sha256(repr(model).encode())  # the modules themselves: activations (QuickGELU or GELU), sizes
+    tensors = [*model.named_parameters(), *model.named_buffers()]  # buffers include non-persistent ones (attention masks)
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
+        for name, tensor in tensors:
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().contiguous()
             h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
@@ -114,10 +116,12 @@ def _read(path: Path, key: str) -> dict | None:
 
 
 def _write(path: Path, entry: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(entry, f)
         os.replace(tmp, path)
-    except OSError:  # a full disk loses the entry, never the cell
-        Path(tmp).unlink(missing_ok=True)
+    except OSError:  # a full or read-only disk, a folder deleted meanwhile: the entry is lost, never the cell
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

@@ -145,9 +145,18 @@ def test_a_changed_file_gives_a_new_key(tmp_path, cache, decodes):
     assert torch.equal(changed.load(torch.arange(6)), rewritten.load(torch.arange(6)))
     assert len(decodes) == 6 + 6  # the new entry decoded once, the source once for comparison
     assert build(root, templates=["a {}."]).test.identity() == rewritten.identity()  # labels and prompts are no part of it
+    # another picture of the same size with the old mtime put back (cp -p, rsync -a): the inode/ctime tell
+    st = path.stat()
+    other = tmp_path / "other.jpg"
+    Image.new("RGB", (30, 20), (200, 100, 0)).save(other)
+    other.write_bytes(other.read_bytes()[: st.st_size].ljust(st.st_size, b"\0"))
+    os.replace(other, path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert cached_set(build(root).test).file.key != changed.file.key
 
 
-@pytest.mark.parametrize("damage", ["truncate", "sidecar", "shape", "no_sidecar"])
+@pytest.mark.parametrize("damage", ["truncate", "sidecar", "shape", "no_sidecar", "zeroed"])
 def test_a_corrupt_or_truncated_entry_is_rebuilt(tmp_path, cache, decodes, damage):
     root = write_folder(tmp_path / "img")
     source = build(root).train
@@ -160,6 +169,9 @@ def test_a_corrupt_or_truncated_entry_is_rebuilt(tmp_path, cache, decodes, damag
         sidecar.write_text("{not json")
     elif damage == "shape":
         sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "n": 13}))
+    elif damage == "zeroed":  # same size, first half overwritten
+        data = u8.read_bytes()
+        u8.write_bytes(bytes(len(data) // 2) + data[len(data) // 2:])
     else:
         sidecar.unlink()  # killed between the rename and the marker
     decodes.clear()

@@ -2,6 +2,8 @@
 import multiprocessing
 import time
 
+import pytest
+
 import torch
 
 from clbench.plugins import Plugins, make_plugin_manager
@@ -79,6 +81,46 @@ def test_the_weights_fingerprint_follows_the_weights():
     with torch.no_grad():
         b[0].weight.mul_(1.01)  # a trained layer changes everywhere, so in its sampled values
     assert weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def test_the_fingerprint_follows_the_modules_and_every_buffer():
+    a = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
+    b = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.SiLU())  # same weights, another activation
+    b.load_state_dict(a.state_dict())
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+    c = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
+    c.load_state_dict(a.state_dict())
+    a.register_buffer("mask", torch.zeros(3), persistent=False)  # e.g. a text tower's attention mask
+    c.register_buffer("mask", torch.ones(3), persistent=False)
+    assert weights_fingerprint(a) != weights_fingerprint(c)
+
+
+def test_a_store_folder_deleted_meanwhile_loses_the_entry_never_the_result(tmp_path):
+    import shutil
+
+    store = SharedResults(tmp_path / "store")
+
+    def compute():
+        shutil.rmtree(tmp_path / "store")  # another process clears the cache folder
+        return {"t": torch.ones(2)}
+
+    assert torch.equal(store.get({"what": "x"}, compute)["t"], torch.ones(2))
+
+
+def test_bad_environment_is_one_line_before_any_cell(tmp_path, monkeypatch):
+    from clbench.api import run_suite
+    from clbench.errors import UserError
+
+    suite = write_suite(tmp_path / "s.yaml", tiny_suite(["zeroshot"]))
+    monkeypatch.setenv("CLBENCH_SYNC_CHECK", "erorr")
+    with pytest.raises(UserError, match="CLBENCH_SYNC_CHECK='erorr'"):
+        run_suite(suite, tmp_path / "out")
+    monkeypatch.delenv("CLBENCH_SYNC_CHECK")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("CLBENCH_CACHE_DIR", str(tmp_path / "afile"))
+    with pytest.raises(UserError, match="CLBENCH_CACHE_DIR: .* is a file"):
+        run_suite(suite, tmp_path / "out")
+    assert not (tmp_path / "out" / "records").exists() or not any((tmp_path / "out" / "records").iterdir())
 
 
 METHODS = ["zeroshot", {"name": "finetune", "loss": "ce"}, "simplecil", {"name": "er", "buffer": {"size": 6}}]

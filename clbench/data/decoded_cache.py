@@ -71,14 +71,31 @@ def identity_key(kind: str, size: int, items: Iterable[str]) -> str:
 
 
 def file_identities(paths: Iterable[str]) -> Iterable[str]:
-    """Per file ``<resolved path>|<size>|<mtime_ns>``; OSError for a file that cannot be stat'ed."""
+    """Per file ``<resolved path>|<size>|<mtime_ns>|<inode>|<ctime_ns>``; OSError for a file that cannot be stat'ed.
+
+    The inode and ctime catch a file replaced with one of the same size whose mtime was set back
+    (``cp -p``, ``rsync -a``, unpacking an archive): no tool can set ctime.
+    """
     folders: dict[str, str] = {}
     for path in paths:
         head, name = os.path.split(path)
         if head not in folders:
             folders[head] = os.path.realpath(head or ".")
         st = os.stat(path)
-        yield f"{os.path.join(folders[head], name)}|{st.st_size}|{st.st_mtime_ns}"
+        yield f"{os.path.join(folders[head], name)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
+
+
+def sample_digest(path: Path, blocks: int = 256, block: int = 4096) -> str:
+    """sha256 of ``blocks`` evenly spaced ``block``-byte pieces of a file (its first and last bytes included):
+    a check of a cache entry cheap enough for every open (1 MB read), which catches an entry overwritten or
+    zeroed in part, though not a change confined to bytes between the pieces."""
+    digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        for i in range(blocks):
+            f.seek(max(0, min(size - block, (size - block) * i // max(1, blocks - 1))))
+            digest.update(f.read(block))
+    return digest.hexdigest()
 
 
 def tensor_digest(values) -> str:
@@ -180,7 +197,8 @@ class DecodedFile:
         try:
             meta = json.loads(self.path(".json").read_text())
             complete = (meta.get("format") == FORMAT and meta.get("key") == self.key and meta.get("n") == self.n
-                        and meta.get("size") == self.size and self.path(".u8").stat().st_size == self.nbytes)
+                        and meta.get("size") == self.size and self.path(".u8").stat().st_size == self.nbytes
+                        and meta.get("sample") == sample_digest(self.path(".u8")))
         except (OSError, ValueError, AttributeError):
             return None
         if not complete:
@@ -213,7 +231,7 @@ class DecodedFile:
                 os.fsync(out.fileno())
             os.replace(tmp, self.path(".u8"))
             _write_json(self.path(".json"), {"format": FORMAT, "key": self.key, "n": self.n, "size": self.size,
-                                              "bytes": self.nbytes})
+                                              "bytes": self.nbytes, "sample": sample_digest(self.path(".u8"))})
             _fsync_folder(self.folder)
             done = True
         except OSError:  # a full or read-only disk loses the entry, never the cell
