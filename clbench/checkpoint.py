@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import lazy_loader as lazy
 import numpy as np
 
-from .results import signals_deferred
+from .results import atomic_write
 
 torch = lazy.load("torch")  # imported on first use: a run with nothing left to do never loads it
 
@@ -56,18 +55,7 @@ class CellCheckpoint:
 
     def save(self, state: dict) -> None:
         state = {"format": FORMAT, "cell_id": self.cell_id, **state}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            with signals_deferred():
-                os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda f: torch.save(state, f), binary=True)
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none; a broken file is moved aside."""

@@ -27,7 +27,7 @@ from .errors import UserError
 from .data.scenarios import Experience, Stream
 from .models import ClipModel
 from .shared_results import SharedResults, weights_fingerprint
-from .sync_check import allow_host_sync
+from .sync_check import allow_host_sync, step_check
 
 LossFn = Callable[[Batch], torch.Tensor]
 PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
@@ -311,8 +311,6 @@ class Learner(Encoders):
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         text_trainable = self._text_trainable()
         total_loss = torch.zeros((), device=self.device)
-        from .sync_check import step_check
-
         sync_check = step_check(self.device)  # CLBENCH_SYNC_CHECK=error|record: no host sync in a step (sync_check.py)
         self.model.train()
         with self.cost.timing("train", self.device):
@@ -502,8 +500,7 @@ class Learner(Encoders):
     def _encode_classes(self, classes: list[int], template: int | None) -> torch.Tensor:
         if self._text_version:
             return super()._encode_classes(classes, template)
-        prompts = [[t.format(self.dataset.class_names[c]) for t in self.dataset.templates_of(c)] for c in classes]
-        key = self._initial_key("class_features", prompts=prompts, template=template)
+        key = self._initial_key("class_features", prompts=[self.dataset.prompts(c) for c in classes], template=template)
         if key is None:
             return self._encode_in_chunks(classes, template)
         with allow_host_sync("shared results: the text tower as built's class features, saved or loaded once per cell"):

@@ -14,6 +14,18 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
+def waiting_lock(path: Path):
+    """Hold an exclusive ``flock`` on the file ``path`` (created), waiting for another holder first: for a
+    cache entry that one process computes while the others wait. OSError when the file cannot be opened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the OS drops it if its holder dies, so nobody waits forever
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def cell_lock(folder: Path, cell_id: str):
     """Yields True while this process holds the cell's lock, False if another process holds it."""
     folder = Path(folder)

@@ -46,13 +46,14 @@ def signals_deferred():
             signal.raise_signal(sig)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a flushed temp file and a rename: readers see the old file or the new one, never half."""
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """``write(file)`` into a flushed, fsynced temp file beside ``path``, then a rename: readers see the old file or
+    the new one, never half. The folder is created; on any failure the temp file is removed and the error raised."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         with signals_deferred():
@@ -60,6 +61,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` written by ``atomic_write``."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 class ResultStore:

@@ -17,17 +17,17 @@ instead of computing it again. A broken entry is deleted and recomputed.
 """
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import lazy_loader as lazy
 
 from .cache_dir import cache_folder
+from .locks import waiting_lock
+from .results import atomic_write
 
 torch = lazy.load("torch")
 
@@ -83,23 +83,25 @@ class SharedResults:
             return compute()
         key = key_of({"format": FORMAT, **parts})
         path = self.folder / key[:2] / f"{key}.pt"
+        held = contextlib.ExitStack()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            held.enter_context(waiting_lock(path.with_suffix(".lock")))
         except OSError:
             return compute()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # the OS drops it if its holder dies, so nobody waits forever
+        with held:
             found = _read(path, key)
             if found is not None:
                 self.hits += 1
                 return found
             result = compute()
             self.misses += 1
-            _write(path, {"key": key, "tensors": {k: v.detach().cpu() for k, v in result.items()}})
+            entry = {"key": key, "tensors": {k: v.detach().cpu() for k, v in result.items()}}
+            try:
+                atomic_write(path, lambda f: torch.save(entry, f), binary=True)
+            except OSError:  # a full or read-only disk, a folder deleted meanwhile: the entry is lost, never the cell
+                pass
             return result
-        finally:
-            os.close(fd)
 
 
 def _read(path: Path, key: str) -> dict | None:
@@ -113,15 +115,3 @@ def _read(path: Path, key: str) -> dict | None:
     except Exception:  # truncated, foreign or unreadable: recomputed, never trusted
         path.unlink(missing_ok=True)
         return None
-
-
-def _write(path: Path, entry: dict) -> None:
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-        os.replace(tmp, path)
-    except OSError:  # a full or read-only disk, a folder deleted meanwhile: the entry is lost, never the cell
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -29,7 +29,6 @@ streaming through the decode workers. ``CLBENCH_CACHE_DIR=off`` turns it off.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +40,8 @@ import lazy_loader as lazy
 
 from ..cache_dir import cache_folder
 from ..errors import UserError
+from ..locks import waiting_lock
+from ..results import atomic_write_text
 from .base import ImageSet, InMemoryImageSet
 
 torch = lazy.load("torch")
@@ -175,22 +176,16 @@ class DecodedFile:
             return found
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # deleted since the set was wrapped: made again
-            fd = os.open(self.path(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the OS if its holder dies: nobody waits forever
-            found = self._map()  # another process may have finished it while this one waited
-            if found is not None:
-                return found
-            self._clear()
-            if not has_room(self.folder, self.nbytes) or not self._build():
-                return None
-            return self._map()
+            with waiting_lock(self.path(".lock")):
+                found = self._map()  # another process may have finished it while this one waited
+                if found is not None:
+                    return found
+                self._clear()
+                if not has_room(self.folder, self.nbytes) or not self._build():
+                    return None
+                return self._map()
         except OSError:  # a cache disk that cannot be read or written: stream as if uncached
             return None
-        finally:
-            os.close(fd)
 
     def _map(self):
         """The memory map of a complete entry, or None (absent, unfinished, or not matching: never trusted)."""
@@ -230,8 +225,8 @@ class DecodedFile:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path(".u8"))
-            _write_json(self.path(".json"), {"format": FORMAT, "key": self.key, "n": self.n, "size": self.size,
-                                              "bytes": self.nbytes, "sample": sample_digest(self.path(".u8"))})
+            atomic_write_text(self.path(".json"), json.dumps({"format": FORMAT, "key": self.key, "n": self.n, "size": self.size,
+                                              "bytes": self.nbytes, "sample": sample_digest(self.path(".u8"))}))
             _fsync_folder(self.folder)
             done = True
         except OSError:  # a full or read-only disk loses the entry, never the cell
@@ -242,15 +237,6 @@ class DecodedFile:
                 self.path(".json").unlink(missing_ok=True)
                 self.path(".u8").unlink(missing_ok=True)
         return True
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")  # a dead writer's is cleared with the rest
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_folder(folder: Path) -> None:
