@@ -161,6 +161,9 @@ def _check_environment() -> None:
     from .sync_check import mode_from_env
 
     mode_from_env()
+    if "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+        raise UserError("clbench run was started by torchrun (WORLD_SIZE is set): every rank would run the whole grid; "
+                        "run clbench run once and set train.devices: N, which launches each cell's ranks itself")
     root = cache_root()
     if root is not None and root.exists() and not root.is_dir():
         raise UserError(f"{ENV}: '{root}' is a file, not a folder; point it (or --cache-dir) at a folder, or use 'off'")

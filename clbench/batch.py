@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .data.scenarios import Experience
+    from .distributed import StepRows
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class Batch:
     came from the replay memory; they are the last ``n_replayed`` rows (``replayed`` is the
     same as a (B,) bool mask on the device). ``ids``: (B,) int64 host tensor of each image's
     position in the dataset's training split, or None when the image set carries no ids.
+
+    With ``train.devices: N > 1`` (docs/distributed.md) the cell runs as N ranks, each holding a block of the
+    global batch's rows: ``images`` are this rank's rows only, while ``labels``, ``classes``, ``ids`` and
+    ``n_replayed`` describe the whole global batch, and ``Learner.encode_images(batch.images)`` (and a frozen
+    snapshot's) returns the whole batch's features (B, D). A loss written for one process thus computes the same
+    value on every rank, with every per-batch statistic over the global batch. ``gather`` and ``local`` convert
+    any other per-row tensor.
     """
 
     images: "torch.Tensor"
@@ -35,6 +43,31 @@ class Batch:
     exp: "Experience"
     n_replayed: int = 0
     ids: Optional["torch.Tensor"] = None
+    rows: Optional["StepRows"] = None  # train.devices > 1: which rows of the global batch each rank holds
+
+    def gather(self, tensor: "torch.Tensor") -> "torch.Tensor":
+        """The whole batch's rows (B, ...) of a per-row tensor of this rank's rows (len(images), ...), with gradients.
+
+        A collective with ``train.devices > 1`` (every rank must call it at the same point); the tensor itself in
+        one process. ``Learner.encode_images(batch.images)`` already returns the whole batch's features.
+        """
+        from .distributed import gather_rows
+
+        return gather_rows(tensor, self.rows)
+
+    def local(self, tensor: "torch.Tensor") -> "torch.Tensor":
+        """This rank's rows of a whole-batch tensor (B, ...), e.g. images mixed across the batch (CutMix), marked so that
+        ``Learner.encode_images`` of the result again returns the whole batch's features; the tensor itself in one process.
+        """
+        if self.rows is None:
+            return tensor
+        from .sync_check import to_device
+
+        rows = self.rows
+        mine = rows.mine if not rows.padded else rows.mine.new_zeros(1)
+        part = tensor[to_device(mine, tensor.device)]
+        rows.local.append(part)
+        return part
 
     @property
     def n_new(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .checkpoint import CellCheckpoint
+from .distributed import world
 from .errors import UserError
 from .events import started
 from .locks import cell_lock
@@ -48,8 +49,16 @@ def run_task(task: CellTask, send: Callable[[dict], None], plugins=None, on_expe
             return outcome
         send(started(cell.cell_id))
         try:
-            record = run_cell(cell, plugins, on_experience=on_experience or (lambda report: send(report.message())),
-                              checkpoints=folder / "checkpoints")
+            devices = cell.config["train"].get("devices", 1)
+            if devices > 1 and world()[1] == 1:  # the cell's own group of ranks, launched on this node
+                from .events import ExperienceEnd
+                from .rank_group import run_cell_on_ranks
+
+                report = (lambda m: on_experience(ExperienceEnd.from_message(cell, m))) if on_experience else send
+                record = run_cell_on_ranks(cell, devices, folder / "checkpoints", report)
+            else:
+                record = run_cell(cell, plugins, on_experience=on_experience or (lambda report: send(report.message())),
+                                  checkpoints=folder / "checkpoints")
         except UserError as exc:
             outcome["user_error"] = str(exc)
             return outcome

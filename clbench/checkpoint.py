@@ -57,8 +57,9 @@ class CellCheckpoint:
         state = {"format": FORMAT, "cell_id": self.cell_id, **state}
         atomic_write(self.path, lambda f: torch.save(state, f), binary=True)
 
-    def load(self) -> dict | None:
-        """The saved state, or None when there is none; a broken file is moved aside."""
+    def load(self, set_aside: bool = True) -> dict | None:
+        """The saved state, or None when there is none; a broken file is moved aside (``set_aside``: the group's
+        rank 0 alone moves it, the other ranks of a cell only read)."""
         if not self.path.is_file():
             return None
         try:
@@ -67,7 +68,8 @@ class CellCheckpoint:
                 raise ValueError("not a checkpoint of this cell")
             return state
         except Exception:
-            self.set_aside()
+            if set_aside:
+                self.set_aside()
             return None
 
     def set_aside(self) -> Path:

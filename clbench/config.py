@@ -99,6 +99,18 @@ class TrainConfig(Section):
     device: str = "auto"  # auto: cuda if available, else cpu
     data_on_device: bool = True  # keep in-memory datasets (uint8) on the GPU: no host-to-device copy per batch
     compile: bool = False  # torch.compile the image and text encoders
+    # ranks of one cell (DistributedDataParallel, docs/distributed.md): N GPUs, or N CPU processes (gloo); batch_size
+    # stays the global batch. Not part of the cell's id: the same cell resumes on another number of devices.
+    devices: PositiveInt = 1
+
+    @field_validator("devices")
+    @classmethod
+    def _a_row_per_rank(cls, devices: int, info) -> int:
+        batch = info.data.get("batch_size")
+        if batch is not None and devices > batch:
+            raise ValueError(f"{devices} devices for a batch_size of {batch}: every rank needs at least one row of each "
+                             f"global batch; use devices <= batch_size")
+        return devices
 
 
 class StreamPrompts(Section):

@@ -12,6 +12,7 @@ and may change. A test reads the built-in methods' source and holds them to it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from typing import Callable, Iterable
@@ -25,6 +26,7 @@ from .batch import Batch
 from .data.base import ImageSet
 from .errors import UserError
 from .data.scenarios import Experience, Stream
+from .distributed import StepRows, all_reduce_sum, gather_rows, gather_set, local_device, shard_bounds, world
 from .models import ClipModel
 from .shared_results import SharedResults, weights_fingerprint
 from .sync_check import allow_host_sync, step_check
@@ -37,6 +39,26 @@ METHOD_API = ("device", "seed", "stream", "dataset", "train_config", "encode_ima
               "logit_scale", "zero_shot_logits", "freeze", "weights", "trainable_parameters", "weights_changed", "fit",
               "features", "snapshot", "preprocess", "image_tower", "image_size")
 TOWERS = ("text", "image")
+
+
+def _rows_of(value, total: int, pick: torch.Tensor):
+    """A per-row (total, L, W) tensor cut to this rank's rows; anything else (shared (L, W) tokens, None) as is."""
+    if isinstance(value, torch.Tensor) and value.ndim == 3 and value.shape[0] == total:
+        return value[pick.to(value.device)]
+    return value
+
+
+class _Step(torch.nn.Module):
+    """What DistributedDataParallel wraps for one ``fit``: the model and the method's own parameters; its forward
+    runs one step's loss, so DDP sees one forward (however many passes the loss makes) per backward."""
+
+    def __init__(self, model: torch.nn.Module, extra: list[torch.nn.Parameter]):
+        super().__init__()
+        self.model = model
+        self.extra = torch.nn.ParameterList(extra)
+
+    def forward(self, step: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return step()
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,11 +99,27 @@ class Encoders:
         (parallel adapters, MoE-Adapters). Blocks count from 0; ``image_tower`` gives W and the
         block count. UserError for a tower that cannot take them (not open_clip's ViT, or LoRA).
         """
+        rows = self._rows_holding(images)
+        if rows is None:
+            return self._encode_images(images, prompts, prefixes, adapters)
+        # train.devices > 1: this rank's rows of the global batch in, the whole batch's features out (distributed.py)
+        pick = rows.mine if not rows.padded else torch.zeros(1, dtype=torch.long)
+        prompts = _rows_of(prompts, rows.total, pick)
+        if prefixes:
+            prefixes = {block: tuple(_rows_of(t, rows.total, pick) for t in kv) for block, kv in prefixes.items()}
+        return gather_rows(self._encode_images(images, prompts, prefixes, adapters), rows)
+
+    def _encode_images(self, images, prompts, prefixes, adapters) -> torch.Tensor:
         if prompts is None and not prefixes and not adapters:
             return F.normalize(self.model.encode_image(images).float(), dim=-1)
         from .image_tower import encode
 
         return F.normalize(encode(self.model.visual, images, prompts, prefixes, adapters).float(), dim=-1)
+
+    def _rows_holding(self, images) -> StepRows | None:
+        """The current training step's rows when ``images`` are this rank's rows of its global batch, else None."""
+        rows = getattr(self, "_rows", None)
+        return rows if rows is not None and rows.holds(images) else None
 
     @property
     def image_tower(self):
@@ -159,7 +197,11 @@ class Learner(Encoders):
     def __init__(self, clip: ClipModel, stream: Stream, train: TrainConfig, seed: int):
         self.cfg = train
         self.seed = seed
+        self.rank, self.ranks = world()  # train.devices > 1: this process is one rank of the cell's group
         self.device = pick_device(train.device)
+        if self.ranks > 1:
+            self.device = local_device(self.device.type)
+        self._rows: StepRows | None = None  # this rank's rows of the step's global batch (ranks > 1, inside fit)
         self.clip = clip
         self.model = clip.model.to(self.device)
         self.stream = stream
@@ -174,7 +216,9 @@ class Learner(Encoders):
         self._weights_version = 0  # bumped whenever the image tower's weights change (cached image features go stale)
         self._text_version = 0  # bumped whenever the text tower's weights may have changed
         self.model_changed = False  # any weight changed since the model was built (checkpoints skip an unchanged model)
-        self.shared = SharedResults.default()  # zero-shot features computed once per machine (clbench/shared_results.py)
+        # zero-shot features computed once per machine (clbench/shared_results.py); not between the ranks of a group,
+        # whose evaluations are collectives that every rank must enter alike
+        self.shared = SharedResults.default() if self.ranks == 1 else SharedResults(None)
         self._fingerprint = weights_fingerprint(self.model) if self.shared.folder is not None else None
         self.last_train_loss: float | None = None
         if train.data_on_device and self.device.type == "cuda":
@@ -312,24 +356,25 @@ class Learner(Encoders):
         text_trainable = self._text_trainable()
         total_loss = torch.zeros((), device=self.device)
         sync_check = step_check(self.device)  # CLBENCH_SYNC_CHECK=error|record: no host sync in a step (sync_check.py)
+        ddp = self._data_parallel(params) if self.ranks > 1 else None
         self.model.train()
         with self.cost.timing("train", self.device):
             for _ in range(epochs):
-                for images, labels, ids in _batches_with_ids(data, self.cfg.batch_size, self.generator):
-                    n_replayed = 0
-                    if replay is not None and replay_batch_size and len(replay):
-                        old = replay.sample(replay_batch_size)
-                        n_replayed = len(old[1])
-                        images, labels = torch.cat([images, old[0].to(images.device)]), torch.cat([labels, old[1]])
-                        ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
+                for images, labels, ids, n_replayed, rows in self._train_batches(data, replay, replay_batch_size):
                     classes = labels.unique().tolist()  # labels live on the host here (on the device only with
                     # data_on_device, where this is one small sync per step)
                     x = self.preprocess(images)
                     y = labels.to(self.device, non_blocking=True)
-                    batch = Batch(x, y, classes, exp, n_replayed, ids)
+                    if rows is not None:
+                        rows.local.append(x)
+                    batch = Batch(x, y, classes, exp, n_replayed, ids, rows)
+                    self._rows = rows
                     with sync_check(host=(ids,)):  # batch.ids live on the host by design
                         with self.autocast():
-                            loss = loss_fn(batch)
+                            try:
+                                loss = loss_fn(batch) if ddp is None else ddp(functools.partial(loss_fn, batch))
+                            finally:
+                                self._rows = None
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                         if self.cfg.grad_clip:
@@ -348,9 +393,83 @@ class Learner(Encoders):
             self.model_changed = True
         self.last_train_loss = float(total_loss) / max(1, epochs * steps_per_epoch)  # one sync per experience
 
+    def _train_batches(self, data: ImageSet, replay, replay_batch_size: int):
+        """One epoch's steps: (uint8 images of this process's rows, the global batch's labels (B,) and dataset ids (B,)
+        or None on the host, replayed rows, ``StepRows`` or None in a single process).
+
+        Every rank draws the same global batches (the same generator, ``ImageSet.batches``' order) and the same replay
+        rows (the memory's own generator, the same memory on every rank), and loads only its block of each part.
+        """
+        use_replay = replay is not None and replay_batch_size
+        if self.ranks == 1:
+            for images, labels, ids in _batches_with_ids(data, self.cfg.batch_size, self.generator):
+                n_replayed = 0
+                if use_replay and len(replay):
+                    old = replay.sample(replay_batch_size)
+                    n_replayed = len(old[1])
+                    images, labels = torch.cat([images, old[0].to(images.device)]), torch.cat([labels, old[1]])
+                    ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
+                yield images, labels, ids, n_replayed, None
+            return
+        rank, size, B = self.rank, self.ranks, self.cfg.batch_size
+        order = torch.randperm(len(data), generator=self.generator)  # as ImageSet.batches(shuffle=True) draws it
+        batches = [order[start:start + B] for start in range(0, len(data), B)]
+        mine = [idx[slice(*shard_bounds(len(idx), rank, size))] for idx in batches]
+        start, end = shard_bounds(B, rank, size)  # this rank's rows of a full batch (train.batch_size >= devices)
+        # the rank's rows of every batch in one pass of the set's own loader (decode workers), cut at the same places:
+        # a last, smaller batch gives each rank at most as many rows as a full one
+        loaded = iter(data.subset(torch.cat(mine)).batches(end - start)) if any(len(m) for m in mine) else iter(())
+        all_ids = getattr(data, "ids", None)
+        for idx, rows_here in zip(batches, mine):
+            parts = [next(loaded)[0]] if len(rows_here) else []
+            labels, ids = data.labels[idx], None if all_ids is None else all_ids[idx]
+            positions = [torch.arange(*shard_bounds(len(idx), r, size)) for r in range(size)]
+            n_replayed = 0
+            if use_replay and len(replay):
+                old = replay.sample(replay_batch_size)
+                n_replayed = len(old[1])
+                parts.append(old[0][slice(*shard_bounds(n_replayed, rank, size))])
+                labels = torch.cat([labels, old[1]])
+                ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
+                positions = [torch.cat([p, len(idx) + torch.arange(*shard_bounds(n_replayed, r, size))])
+                             for r, p in enumerate(positions)]
+            parts = [p for p in parts if len(p)]
+            if parts:
+                images = torch.cat([p.to(parts[0].device) for p in parts])
+            else:  # a batch smaller than the group: this rank encodes a padding row, dropped when gathered
+                images = data.load(idx[:1])
+            yield images, labels, ids, n_replayed, StepRows(positions, len(labels), rank)
+
+    def _data_parallel(self, params: list[torch.nn.Parameter]):
+        """DistributedDataParallel over the model and the method's own trained parameters, for one ``fit``.
+
+        ``find_unused_parameters``: a step may leave trained parameters unused (prompts not selected, experts not
+        routed to); a parameter unused on every rank keeps no gradient, as in one process.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        in_model = {id(p) for p in self.model.parameters()}
+        extra = [p for p in params if id(p) not in in_model]
+        for p in extra:
+            if not isinstance(p, torch.nn.Parameter):
+                raise TypeError("fit(parameters=...): with train.devices > 1 each must be a torch.nn.Parameter "
+                                "(DistributedDataParallel averages the gradients of parameters)")
+        # the ranks' buffers are equal by construction: no syncing of buffers in every forward
+        buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+        return DistributedDataParallel(_Step(self.model, extra), find_unused_parameters=True, **buffers,
+                                       device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     @torch.no_grad()
     def features(self, data: ImageSet) -> torch.Tensor:
         """L2-normalised image features (N, D) of a whole set, on the device (e.g. for herding, prototypes)."""
+        if self.ranks > 1 and len(data):  # each rank encodes its block; every rank gets the whole set's features
+            start, end = shard_bounds(len(data), self.rank, self.ranks)
+            part = data.subset(torch.arange(start, end) if end > start else torch.zeros(1, dtype=torch.long))
+            return gather_set(self._features(part), len(data))
+        return self._features(data)
+
+    def _features(self, data: ImageSet) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
         out = []
@@ -396,14 +515,17 @@ class Learner(Encoders):
         self.model.eval()
         class_ids = torch.tensor(classes, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        part = data
+        if self.ranks > 1:  # each rank scores its block of the set; the counts are summed
+            part = data.subset(torch.arange(*shard_bounds(len(data), self.rank, self.ranks)))
         with self.cost.timing("eval", self.device):
-            for images, labels in data.batches(self.cfg.eval_batch_size):
+            for images, labels in part.batches(self.cfg.eval_batch_size) if len(part) else ():
                 with self.autocast():
                     scores = predict(self.preprocess(images), classes)
                 predicted = class_ids[scores.argmax(dim=1)]
                 correct += (predicted == labels.to(self.device)).sum()
-                self.cost.eval_images += len(labels)
-        return int(correct) / len(data)
+            self.cost.eval_images += len(data)
+        return int(all_reduce_sum(correct)) / len(data)
 
     def evaluate(self, predict: PredictFn | None, t: int, unseen_classes: bool = True,
                  from_features: bool = False) -> list[float | None]:
@@ -552,6 +674,10 @@ class FrozenModel(Encoders):
         self.device = learner.device
         self.autocast = learner.autocast
         self._text_cache = {}
+        self._learner = learner
+
+    def _rows_holding(self, images):
+        return self._learner._rows_holding(images)  # the Learner's training step: gather the copy's features too
 
     @property
     def nbytes(self) -> int:

@@ -14,6 +14,7 @@ from .config import TrainConfig
 from .cost import CostMeter
 from .events import ExperienceEnd
 from .data.scenarios import build_stream
+from .distributed import all_reduce_max, is_main, world
 from .errors import UserError
 from .learner import Learner, pick_device
 from .manifest import manifest, model_facts
@@ -124,6 +125,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
     """
     seed_everything(cell.seed)
     train = TrainConfig(**cell.config["train"])
+    main = is_main()  # train.devices > 1: rank 0 alone reports experiences and writes checkpoints
+    report_experience = (on_experience or plugins.experience_end) if main else (lambda report: None)
     record = _base_record(cell)
     record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
     learner, method, step, resumed_at, model_info = None, None, None, None, None
@@ -140,7 +143,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         method_cls = plugins.methods.get(cell.method)
         method = method_cls(method_cls.Params(**cell.params), learner)
         checkpoint = CellCheckpoint(checkpoints, cell.cell_id) if checkpoints else None
-        saved = checkpoint.load() if checkpoint else None
+        saved = checkpoint.load(set_aside=main) if checkpoint else None
         if saved:
             try:
                 if saved["model"] is not None:  # None: the weights were still as built
@@ -149,7 +152,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                 learner.load_state_dict(saved["learner"])
                 set_rng_state(saved["rng"])
             except Exception as exc:  # a checkpoint this code cannot restore must not block the cell forever
-                aside = checkpoint.set_aside()
+                aside = checkpoint.set_aside() if main else checkpoint.path
                 raise RuntimeError(f"could not restore the checkpoint ({type(exc).__name__}: {exc}); moved it to "
                                    f"{aside.name}: rerun to start this cell over") from exc
             initial, control_before, losses, start = saved["initial"], saved["control_before"], saved["losses"], saved["next_step"]
@@ -171,14 +174,14 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             rows.append(evaluate_step(learner, method, step))
             report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
             if losses[-1] is not None and not math.isfinite(losses[-1]):
-                (on_experience or plugins.experience_end)(report)
+                report_experience(report)
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
-            if checkpoint and step < last:  # saved before the experience is reported done, so an interrupt after the report keeps it
+            if checkpoint and step < last and main:  # saved before the experience is reported done, so an interrupt after the report keeps it
                 checkpoint.save({
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
                     "model": learner.model.state_dict() if learner.model_changed else None, "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
                 })
-            (on_experience or plugins.experience_end)(report)
+            report_experience(report)
         step = None
         control_after = control_step(learner, method)
         sizes = [len(e.test) for e in stream.experiences]
@@ -204,6 +207,12 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                       traceback=traceback.format_exc(limit=20), buffer={"exemplars": 0, "bytes": 0},
                       memory=memory_record({}))
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
+    ranks = world()[1]
+    if ranks > 1:
+        record["cost"]["devices"] = ranks  # device-hours = wall_s × devices
+        if record.get("status") == "done":  # every rank got here: the group's peaks
+            for key in ("peak_rss_mb", "peak_gpu_mb"):
+                record["cost"][key] = all_reduce_max(record["cost"][key])
     if learner is not None:
         record["cost"]["shared_reused"] = learner.shared.hits  # zero-shot features loaded, not computed (shared_results.py)
     if resumed_at is not None:

@@ -95,6 +95,7 @@ def cell_id_of(config: dict) -> str:
     identity = json.loads(json.dumps(config))
     stream = identity.get("stream", {})
     stream.pop("runtime_options", None)
+    identity.get("train", {}).pop("devices", None)  # where it runs, not what it is: resumes on any number of devices
     for item in stream.get("datasets") or []:  # a dataset-incremental stream's datasets: where and what they are called
         item.pop("runtime_options", None)  # are not what they are
         item.pop("label", None)

@@ -225,7 +225,10 @@ class GDumb(Method):
         if not p.cutmix_alpha or (p.cutmix_prob < 1 and float(torch.rand((), generator=self.cutmix_generator)) >= p.cutmix_prob):
             return objective(self.learner, batch, p.loss, p.template)
         learner, labels = self.learner, batch.labels
-        images, perm, lam = cutmix(batch.images, p.cutmix_alpha, self.cutmix_generator)
+        # CutMix pairs rows across the whole batch: with train.devices > 1 the ranks' pixels are gathered, mixed alike
+        # on every rank, and each rank encodes its own rows of the mix
+        images, perm, lam = cutmix(batch.gather(batch.images), p.cutmix_alpha, self.cutmix_generator)
+        images = batch.local(images)
         classes = label_space(learner, batch, p.loss)
         text = learner.class_features(classes, template=p.template, grad=True)
         classes_t = to_device(classes, labels.device)

@@ -128,7 +128,11 @@ Deliberate differences:
 
 Memory: the experts, routers and noise matrices (``adapters``) and the
 autoencoders (``autoencoders``). Random draws (gating noise, dropout) use
-torch's global generator, which a resumed cell restores.
+torch's global generator, which a resumed cell restores. With ``train.devices > 1``
+every rank draws the whole batch's gating noise and keeps its own rows, and usage
+counts and balancing terms are over the whole batch (``Batch.gather``); expert
+dropout masks are drawn per rank, so records match one process in distribution,
+not bit for bit (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -213,8 +217,8 @@ def normal_cdf(z: "torch.Tensor") -> "torch.Tensor":
     return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
 
 
-def noisy_top_k_gating(x, w_gate, w_noise, k: int, noise=None, epsilon: float = NOISE_EPSILON):
-    """Gates (B, E) and per-expert load (E,) from router inputs x (B, W).
+def noisy_top_k_gating(x, w_gate, w_noise, k: int, noise=None, epsilon: float = NOISE_EPSILON, per_row: bool = False):
+    """Gates (B, E) and per-expert load (E,) from router inputs x (B, W); ``per_row``: the load's terms (B, E), unsummed.
 
     h = x·w_gate, plus ``noise`` ⊙ (softplus(x·w_noise) + epsilon) when ``noise`` (B, E) is given
     (training); the k largest entries of h get softmax weights, the others 0. The load is Σ_x P(e stays
@@ -232,10 +236,10 @@ def noisy_top_k_gating(x, w_gate, w_noise, k: int, noise=None, epsilon: float = 
     weights = torch.softmax(top_values[:, :k], dim=1)
     gates = torch.zeros(logits.shape, dtype=weights.dtype, device=logits.device).scatter(1, top_index[:, :k], weights)
     if noise is not None and k < n_experts:
-        load = prob_in_top_k(clean, logits, std, top_values, k).sum(0)
+        load = prob_in_top_k(clean, logits, std, top_values, k)
     else:
-        load = (gates > 0).sum(0).float()
-    return gates, load
+        load = (gates > 0).float()
+    return gates, (load if per_row else load.sum(0))
 
 
 def prob_in_top_k(clean, noisy, std, top_values, k: int):
@@ -354,6 +358,7 @@ class ExpertBank:
         self.training = False
         self.balance = False
         self.terms: list = []
+        self.batch = None  # the training step's Batch while its loss runs: draws and statistics over the whole batch
         self.usage = torch.zeros(len(blocks), experts, dtype=torch.long, device=device)
 
     def adapters(self) -> dict:
@@ -362,12 +367,23 @@ class ExpertBank:
     def forward(self, i: int, block: int, x):
         layer = self.net[str(block)]
         c = x[:, 0]
-        noise = torch.randn(c.shape[0], len(layer["experts"]), device=c.device) if self.training and self.noisy else None
-        gates, load = noisy_top_k_gating(c, layer["router"][self.active], layer["noise"][self.active], self.top_k, noise)
+        batch = self.batch if self.training else None
+        noise = None
+        if self.training and self.noisy:
+            # the whole batch's draws, cut to this rank's rows with train.devices > 1 (Batch.local; as is in one process)
+            rows = len(batch.labels) if batch is not None else c.shape[0]
+            noise = torch.randn(rows, len(layer["experts"]), device=c.device)
+            noise = batch.local(noise) if batch is not None else noise
+        gates, load = noisy_top_k_gating(c, layer["router"][self.active], layer["noise"][self.active], self.top_k, noise,
+                                          per_row=True)
         if self.training:
-            self.usage[i] += (gates > 0).sum(0)
+            if batch is not None:  # usage and balancing over the whole batch's rows (Batch.gather)
+                gates_all, load_all = batch.gather(gates), batch.gather(load)
+            else:
+                gates_all, load_all = gates, load
+            self.usage[i] += (gates_all > 0).sum(0)
             if self.balance:
-                self.terms.append(cv_squared(gates.sum(0)) + cv_squared(load))
+                self.terms.append(cv_squared(gates_all.sum(0)) + cv_squared(load_all.sum(0)))
         return mix(layer["experts"], gates, x, self.scale, self.dropout, self.training)
 
     def trainable(self, router: int, frozen: dict[int, set[int]]) -> list:
@@ -445,8 +461,11 @@ class MoEAdapters(Method):
         learner, p = self.learner, self.params
         classes = batch.exp.classes if p.label_space == "experience" else learner.stream.seen(batch.exp.index)
         text = learner.class_features(classes, template=p.template)  # the frozen text tower: cached
-        self.bank.terms = []
-        features = learner.encode_images(batch.images, adapters=self.bank.adapters())
+        self.bank.terms, self.bank.batch = [], batch
+        try:
+            features = learner.encode_images(batch.images, adapters=self.bank.adapters())
+        finally:
+            self.bank.batch = None
         logits = learner.logit_scale * features @ text.t()
         target = positions(to_device(classes, batch.labels.device), batch.labels)
         loss = torch.nn.functional.cross_entropy(logits.float(), target, label_smoothing=p.label_smoothing)

@@ -237,18 +237,16 @@ class ZSCL(Method):
                 self.count = add_to_average(self.average, learner.trainable_parameters(), self.count)
         self.step += 1
         classes = list(batch.exp.classes)
-        images, n = batch.images, len(batch.labels)
-        if self._distils():
-            reference = learner.preprocess(self._reference_images(p.reference_batch_size or learner.train_config.batch_size))
-            images = torch.cat([images, reference])
-        features = learner.encode_images(images)
+        features = learner.encode_images(batch.images)  # the whole batch's, also with train.devices > 1
         text = learner.class_features(classes, template=p.template, grad=True)
-        logits = learner.logit_scale * features[:n] @ text.t()
+        logits = learner.logit_scale * features @ text.t()
         targets = positions(to_device(classes, batch.labels.device), batch.labels)
         loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=p.label_smoothing)
         if self._distils():
+            # every rank draws the same reference batch (same generator) and distils on all of it
+            reference = learner.preprocess(self._reference_images(p.reference_batch_size or learner.train_config.batch_size))
             scale = self.teacher.logit_scale
-            student = scale * features[n:] @ self.reference_text.t()
+            student = scale * learner.encode_images(reference) @ self.reference_text.t()
             teacher = scale * self.teacher.encode_images(reference) @ self.reference_text.t()
             loss = loss + zscl_distillation(student, teacher, p.temperature, p.image_loss_weight, p.text_loss_weight)
         if p.l2_weight:

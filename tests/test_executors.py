@@ -274,6 +274,15 @@ def test_slurm_cells_go_out_as_one_array_with_the_suites_sbatch_options(tmp_path
                  "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=10", "#SBATCH --mem=64GB", "#SBATCH --array=0-3%3",
                  "#SBATCH --exclude=node12", "module load cuda/12.4", "#SBATCH --signal=USR2@"]:
         assert line in script, line
+    # cells of train.devices: 2 go out as their own array, with twice the GPUs and CPUs per job (docs/distributed.md)
+    from clbench.executors.slurm_jobs import job_resources
+
+    for old in (tmp_path / "slurm").rglob("*.sh"):
+        old.unlink()
+    executor.update_parameters(**job_resources(options, 2))
+    executor.map_array(SlurmCellJob(str(tmp_path / "events")), [CellTask(c, str(tmp_path / "out")) for c in cells[:1]])
+    script = next((tmp_path / "slurm").rglob("*.sh")).read_text()
+    assert "#SBATCH --gpus-per-node=2" in script and "#SBATCH --cpus-per-task=20" in script
 
 
 def test_workers_that_cannot_start_stop_the_run_with_one_line(tmp_path, monkeypatch, capsys):

@@ -101,17 +101,33 @@ class LocalExecutor(Executor):
         self.workers = workers or self.options.workers
 
     def run(self, grid) -> None:
-        if self.workers == 1 or len(grid.cells) <= 1:
+        n = 1 if self.workers == 1 or len(grid.cells) <= 1 else min(self.workers, len(grid.cells))
+        several = any(c.config["train"].get("devices", 1) > 1 for c in grid.cells)  # asks torch only then
+        self.per_worker = self._check_devices(grid.cells, n, _gpu_ids()) if several else 1
+        if n == 1:
             for cell in grid.cells:
                 grid.run_here(cell)
             return
-        self._run_workers(grid, min(self.workers, len(grid.cells)))
+        self._run_workers(grid, n)
+
+    @staticmethod
+    def _check_devices(cells, n: int, gpus: list[str]) -> int:
+        """GPUs per worker: the most ``train.devices`` of a GPU cell; UserError, before any cell, when the machine
+        has fewer than ``n`` workers need (CPU cells run their ranks as processes and need none)."""
+        on_gpu = [c for c in cells if c.config["train"].get("device", "auto") != "cpu" and gpus]
+        need = max((c.config["train"].get("devices", 1) for c in on_gpu), default=1)
+        if need > 1 and len(gpus) < n * need:
+            workers = f"{n} workers × " if n > 1 else ""
+            raise UserError(f"train.devices: {need} needs {workers}{need} GPUs, and this machine shows {len(gpus)} "
+                            f"(CUDA_VISIBLE_DEVICES); lower train.devices{' or --workers' if n > 1 else ''}")
+        return need
 
     def _env(self, number: int, n: int, gpus: list[str]) -> dict:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # share the CPU, don't oversubscribe it
-        if len(gpus) >= n:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[number - 1]
+        k = getattr(self, "per_worker", 1)  # a block of k GPUs per worker for cells of k devices
+        if len(gpus) >= n * k:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(number - 1) * k:number * k])
         return env
 
     def _run_workers(self, grid, n: int) -> None:

@@ -104,7 +104,10 @@ class RayExecutor(Executor):
                 while todo or pending:
                     while todo and len(pending) < limit:
                         cell = todo.popleft()
-                        pending[remote.remote(grid.task(cell), events, scratch)] = cell
+                        devices = cell.config["train"].get("devices", 1)  # one task holds all of a cell's ranks
+                        placed = remote if devices == 1 else remote.options(num_cpus=o.num_cpus * devices,
+                                                                             num_gpus=o.num_gpus * devices)
+                        pending[placed.remote(grid.task(cell), events, scratch)] = cell
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
                     drain()
                     for ref in ready:

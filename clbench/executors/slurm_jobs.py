@@ -48,6 +48,12 @@ class SlurmOptions(ExecutorOptions):
     poll_s: float = Field(5.0, gt=0, description="seconds between looks at the jobs")
 
 
+def job_resources(options: SlurmOptions, devices: int) -> dict:
+    """A job for a cell of ``devices`` ranks (train.devices): that many times the GPUs and CPUs, on one node, whose
+    ranks torchrun starts inside the job (docs/distributed.md)."""
+    return {"gpus_per_node": options.gpus_per_job * devices, "cpus_per_task": options.cpus_per_task * devices}
+
+
 class SlurmCellJob:
     """What a job runs: one cell. ``checkpoint`` makes submitit requeue it on pre-emption or time-out."""
 
@@ -106,11 +112,13 @@ class SlurmExecutor(Executor):
 
         def submit():
             batch = [todo.popleft() for _ in range(min(len(todo), limit - len(running)))]
-            if batch:
-                jobs = executor.map_array(job_fn, [grid.task(c) for c in batch])
-                for cell, job in zip(batch, jobs):
+            for devices in sorted({c.config["train"].get("devices", 1) for c in batch}):  # one array per size of job
+                group = [c for c in batch if c.config["train"].get("devices", 1) == devices]
+                executor.update_parameters(**job_resources(o, devices))
+                jobs = executor.map_array(job_fn, [grid.task(c) for c in group])
+                for cell, job in zip(group, jobs):
                     running[job.job_id] = (cell, job)
-                grid.note(f"submitted {len(batch)} job(s): {jobs[0].job_id}" + (f" … {jobs[-1].job_id}" if len(jobs) > 1 else "")
+                grid.note(f"submitted {len(group)} job(s): {jobs[0].job_id}" + (f" … {jobs[-1].job_id}" if len(jobs) > 1 else "")
                           + f"; logs in {folder}")
 
         try:
