@@ -27,6 +27,7 @@ _LAZY = {
     "to_device": "clbench.sync_check",
     "no_host_sync": "clbench.sync_check",
     "allow_host_sync": "clbench.sync_check",
+    "sum_over_ranks": "clbench.distributed",
     "RunSummary": "clbench.api",
     "run_suite": "clbench.api",
     "validate_suite": "clbench.api",
@@ -34,7 +35,7 @@ _LAZY = {
     "write_plots": "clbench.api",
 }
 
-__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "to_device", "no_host_sync", "allow_host_sync",
+__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "to_device", "no_host_sync", "allow_host_sync", "sum_over_ranks",
            "RunSummary", "run_suite", "validate_suite", "leaderboard",
            "write_plots", "hookimpl", "__version__"]  # every lazy name, and the two defined here
 

@@ -179,6 +179,17 @@ def all_reduce_sum(value):
     return value
 
 
+def sum_over_ranks(tensor):
+    """The sum of ``tensor`` over the ranks of a cell with ``train.devices > 1``, in place; the tensor itself otherwise.
+
+    For statistics a method gathers while it scores test images (``predict``): each rank scores only its block of
+    each test set. It is a collective: call it where every rank runs the same code, e.g. in ``state_dict`` (called on
+    every rank before each checkpoint) or ``record_extras``, never per batch of ``predict`` (the ranks' blocks may
+    have different numbers of batches).
+    """
+    return all_reduce_sum(tensor)
+
+
 def all_reduce_max(value: float) -> float:
     """The largest of a number over the ranks (e.g. peak memory); the number itself without a group."""
     if world()[1] == 1:

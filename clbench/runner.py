@@ -176,11 +176,13 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             if losses[-1] is not None and not math.isfinite(losses[-1]):
                 report_experience(report)
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
-            if checkpoint and step < last and main:  # saved before the experience is reported done, so an interrupt after the report keeps it
-                checkpoint.save({
+            if checkpoint and step < last:  # saved before the experience is reported done, so an interrupt after the report keeps it
+                state = {  # built on every rank (a method's state_dict may sum over ranks), written by rank 0
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
                     "model": learner.model.state_dict() if learner.model_changed else None, "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
-                })
+                }
+                if main:
+                    checkpoint.save(state)
             report_experience(report)
         step = None
         control_after = control_step(learner, method)

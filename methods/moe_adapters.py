@@ -142,7 +142,7 @@ from typing import Literal, Optional, Union
 import lazy_loader as lazy
 from pydantic import Field, field_validator
 
-from clbench import Method, Params, allow_host_sync, hookimpl, no_grad, to_device
+from clbench import Method, Params, allow_host_sync, hookimpl, no_grad, sum_over_ranks, to_device
 from clbench.facts import blocks_problem, image_tower_problem, template_problem
 from clbench.losses import positions
 from clbench.memory import nbytes
@@ -424,6 +424,7 @@ class MoEAdapters(Method):
         self.autoencoders: list = []
         self.thresholds: list[float] = []
         self.routing: dict[int, "torch.Tensor"] = {}  # step -> (1 + T,) test images sent to zero-shot, to experience t
+        self.settled: set[int] = set()  # steps whose routing counts are summed over the ranks (train.devices > 1)
         self.step = -1
 
     @classmethod
@@ -529,7 +530,15 @@ class MoEAdapters(Method):
     def memory_summary(self):
         return {"adapters": nbytes(self.bank.net), "autoencoders": nbytes(list(self.autoencoders))}
 
+    def _settle_routing(self) -> None:
+        """Sum the routing counts of the steps scored so far over the ranks (each scored its block of the test sets)."""
+        for t in sorted(self.routing):
+            if t not in self.settled:
+                sum_over_ranks(self.routing[t])
+                self.settled.add(t)
+
     def state_dict(self):
+        self._settle_routing()  # every rank calls state_dict before each checkpoint
         return {
             "bank": dict(self.bank.net.state_dict()),
             "autoencoders": [dict(ae.state_dict()) for ae in self.autoencoders],
@@ -553,10 +562,12 @@ class MoEAdapters(Method):
         self.frozen = {int(b): set(e) for b, e in state["frozen"].items()}
         self.usage = state["usage"]
         self.routing = {int(t): torch.tensor(c, dtype=torch.long, device=device) for t, c in state["routing"].items()}
+        self.settled = set(self.routing)
         self.step = int(state["step"])
 
     def record_extras(self):
         p = self.params
+        self._settle_routing()  # runs on every rank
         routing = []
         for t in sorted(self.routing):
             counts = self.routing[t].tolist()

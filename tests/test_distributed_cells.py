@@ -18,8 +18,12 @@ from clbench.testing import tiny_suite, write_suite
 
 pytestmark = pytest.mark.usefixtures("hub_offline_env")
 
-#: the methods whose per-batch statistics the issue names: plain, replay, per-class DRO weights, herding + prototypes
-METHODS = ["finetune", "er", "dro_replay", "icarl"]
+#: the methods whose per-batch statistics the issue names: plain, replay, per-class DRO weights, herding + prototypes;
+#: and MoE-Adapters, whose gating noise, expert usage and DDAS routing counts (gathered while scoring the ranks'
+#: blocks of the test sets) must be the whole batch's and the whole test set's (its expert dropout, drawn per rank,
+#: is off here: docs/distributed.md)
+METHODS = ["finetune", "er", "dro_replay", "icarl", {"name": "moe_adapters", "dropout": 0.0}]
+NAMES = [m if isinstance(m, str) else m["name"] for m in METHODS]
 #: an uneven global batch (7 rows: 4 + 3; the last batch of an experience 3 rows: 2 + 1) and enough steps to move
 TRAIN = {"batch_size": 7, "epochs": 2, "optimizer": "sgd", "lr": 0.001}
 LOSS_RTOL = 1e-4
@@ -68,7 +72,7 @@ def test_two_ranks_give_the_single_process_record(tmp_path, single_process):
     summary = run_suite(_suite(tmp_path, "two", METHODS, 2), tmp_path / "results", progress=False)
     assert summary.ok
     two = _records(tmp_path / "results")
-    for method in METHODS:
+    for method in NAMES:
         one = single_process[method]
         assert two[method]["cell_id"] == one["cell_id"]  # train.devices is where a cell runs, not what it is
         _same_record(one, two[method])
@@ -81,6 +85,10 @@ def test_two_ranks_give_the_single_process_record(tmp_path, single_process):
     assert [s for _, s in weights] == [s for _, s in reference]
     for (w, _), (r, _) in zip(weights, reference):
         assert w.keys() == r.keys() and [w[c] for c in w] == pytest.approx([r[c] for c in w], rel=LOSS_RTOL)
+    moe, moe_one = two["moe_adapters"]["method_state"], single_process["moe_adapters"]["method_state"]
+    for key in ("expert_usage", "ddas_routing", "frozen_experts"):
+        assert moe[key] == moe_one[key], key
+    assert moe["thresholds"] == pytest.approx(moe_one["thresholds"], rel=LOSS_RTOL)
     assert not (tmp_path / "results" / "ranks").exists() or not any((tmp_path / "results" / "ranks").iterdir())
 
 
