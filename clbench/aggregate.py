@@ -22,8 +22,12 @@ def _hash(obj) -> str:
 
 
 def _method_key(record: dict) -> str:
-    """What makes a row: the config minus the seed and the stream."""
-    return _hash({k: v for k, v in record["config"].items() if k not in ("seed", "stream")})
+    """What makes a row: the config minus the seed, the stream and ``train.devices`` (where a cell ran, not what it
+    is: left out of cell ids too, so records from any number of devices, and from before the key, share a row)."""
+    config = {k: v for k, v in record["config"].items() if k not in ("seed", "stream")}
+    if isinstance(config.get("train"), dict):
+        config["train"] = {k: v for k, v in config["train"].items() if k != "devices"}
+    return _hash(config)
 
 
 def _stream_key(record: dict) -> str:

@@ -48,24 +48,26 @@ def run_cell_on_ranks(cell, devices: int, checkpoints: Path, report: Callable[[d
 
     folder = Path(checkpoints).parent / "ranks" / cell.cell_id
     last_words = ""
-    for attempt in range(RETRIES + 1):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        (folder / "task.pkl").write_bytes(pickle.dumps({"cell": cell, "checkpoints": str(checkpoints)}))
-        code, last_words = _launch(devices, folder, report)
-        outcomes = _outcomes(folder, devices)
-        if outcomes:
-            rank, outcome = outcomes[0]
-            if outcome.get("user_error"):
-                raise UserError(outcome["user_error"])
-            record = outcome["record"]
-            if rank and record.get("error"):
-                record["error"] = f"rank {rank}: {record['error']}"
+    try:  # the folder goes however the group ends (done, failed, interrupted): the checkpoint is what resumes a cell
+        for attempt in range(RETRIES + 1):
             shutil.rmtree(folder, ignore_errors=True)
-            return record
-        if attempt < RETRIES:
-            print(f"clbench: cell {cell.cell_id}: its group of {devices} ranks lost a rank ({_describe(code)}); "
-                  f"launching it again to resume from its last checkpoint", file=sys.stderr, flush=True)
+            folder.mkdir(parents=True)
+            (folder / "task.pkl").write_bytes(pickle.dumps({"cell": cell, "checkpoints": str(checkpoints)}))
+            code, last_words = _launch(devices, folder, report)
+            outcomes = _outcomes(folder, devices)
+            if outcomes:
+                rank, outcome = outcomes[0]
+                if outcome.get("user_error"):
+                    raise UserError(outcome["user_error"])
+                record = outcome["record"]
+                if rank and record.get("error"):
+                    record["error"] = f"rank {rank}: {record['error']}"
+                return record
+            if attempt < RETRIES:
+                print(f"clbench: cell {cell.cell_id}: its group of {devices} ranks lost a rank ({_describe(code)}); "
+                      f"launching it again to resume from its last checkpoint", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return lost_record(cell, f"RanksDied: the cell's group of {devices} ranks lost a rank {RETRIES + 1} times "
                              f"({_describe(code)}; {last_words}); rerun with --retry-failed to resume it")
 
@@ -83,7 +85,8 @@ def _launch(devices: int, folder: Path, report) -> tuple[int, str]:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     # DDP's C++ side warns on every fit that find_unused_parameters found every parameter used; errors still show
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    proc = subprocess.Popen(torchrun_command(devices, folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(torchrun_command(devices, folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
     tail: deque[str] = deque(maxlen=8)
 
     def relay():  # the ranks' own output goes to this process's stderr, as a worker's does
@@ -111,6 +114,18 @@ def _launch(devices: int, folder: Path, report) -> tuple[int, str]:
                 proc.kill()
     reader.join(timeout=5)
     return proc.returncode, " | ".join(line for line in tail if line.strip())[-600:]
+
+
+def _stop_with_parent() -> None:
+    """In torchrun's process before it starts (Linux): a SIGTERM when the process that launched it dies, even by
+    SIGKILL, so no group outlives the cell's lock and keeps writing its checkpoints (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not glibc: the group then ends when its output pipe breaks
 
 
 def _relay_events(path: Path, seen: int, report) -> int:

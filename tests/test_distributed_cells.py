@@ -208,3 +208,19 @@ def test_clbench_run_under_torchrun_is_refused_with_what_to_do_instead(tmp_path,
     with pytest.raises(UserError, match="started by torchrun.*set train.devices: N"):
         run_suite(_suite(tmp_path, "t", ["finetune"], 1), tmp_path / "results", progress=False)
     assert not (tmp_path / "results" / "records").exists()
+
+
+def test_an_interrupted_group_leaves_no_ranks_folder(tmp_path, monkeypatch):
+    """Ctrl-C while the ranks run: the checkpoint resumes the cell; the group's folder (task, events) goes."""
+    from types import SimpleNamespace
+
+    from clbench import rank_group
+
+    def interrupted(devices, folder, report):
+        assert (folder / "task.pkl").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rank_group, "_launch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rank_group.run_cell_on_ranks(SimpleNamespace(cell_id="abc"), 2, tmp_path / "checkpoints", print)
+    assert not (tmp_path / "ranks" / "abc").exists()

@@ -86,6 +86,19 @@ def test_runs_differing_in_config_are_never_averaged_together():
     assert rows["n"].tolist() == [1, 1]
 
 
+def test_records_from_any_number_of_devices_share_a_row():
+    # train.devices says where a cell ran (it is not in the cell id either); records from before the key lack it
+    records = fixed_records()
+    zeroshot = [r for r in records if r.get("variant") == "zeroshot"]
+    zeroshot[0]["config"]["train"] = {**zeroshot[0]["config"]["train"], "devices": 2}
+    zeroshot[1]["config"]["train"] = {**zeroshot[1]["config"]["train"], "devices": 1}
+    b = Leaderboard.from_records(records, metrics=("last",))
+    assert [v for v in b.variants() if v.startswith("zeroshot")] == ["zeroshot"]
+    assert {r["stream"] for r in zeroshot[:2]} == {"toy-ci2"}  # its two seeds: one from 2 devices, one from 1
+    rows = b.table[(b.table.variant == "zeroshot") & (b.table.stream == "toy-ci2") & (b.table.metric == "last")]
+    assert rows["n"].tolist() == [2]
+
+
 def test_streams_with_one_label_but_different_data_are_kept_apart():
     records = fixed_records()
     records[0]["config"]["stream"] = {"dataset": "toy-ci2", "num_classes": 99}
