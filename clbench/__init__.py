@@ -33,11 +33,12 @@ _LAZY = {
     "validate_suite": "clbench.api",
     "leaderboard": "clbench.api",
     "write_plots": "clbench.api",
+    "write_report": "clbench.api",
 }
 
 __all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "to_device", "no_host_sync", "allow_host_sync", "sum_over_ranks",
            "RunSummary", "run_suite", "validate_suite", "leaderboard",
-           "write_plots", "hookimpl", "__version__"]  # every lazy name, and the two defined here
+           "write_plots", "write_report", "hookimpl", "__version__"]  # every lazy name, and the two defined here
 
 
 def __getattr__(name):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["RunSummary", "PluginInfo", "run_suite", "validate_suite", "leaderboard", "write_plots", "read_record",
+__all__ = ["RunSummary", "PluginInfo", "run_suite", "validate_suite", "leaderboard", "write_plots", "write_report", "read_record",
            "list_plugins", "records_of"]
 
 
@@ -46,7 +46,8 @@ class RunSummary:
       another clbench process on the same folder meanwhile.
     - ``records``: every record of the suite's cells now in the folder; ``failed``: how many of them say failed.
     - ``leaderboard``: built from ``records`` (None on a dry run or when no record is done);
-      ``leaderboard_paths`` / ``plot_paths``: the files written (the suite's ``report.formats`` and ``report.plots``).
+      ``leaderboard_paths`` / ``plot_paths``: the files written (the suite's ``report.formats``, ``report.html``
+      (``report.html`` in the results folder) and ``report.plots``).
     """
 
     suite: "Suite"
@@ -237,6 +238,10 @@ def _report(records, suite, store, results_dir):
     if not board.n_records:
         return None, [], []
     paths = write_leaderboard(board, results_dir, suite.report.formats)
+    if suite.report.html:
+        from .report_html import write_report as write_page
+
+        paths.append(write_page({results_dir: records}, board, results_dir / "report.html"))
     plots = []
     if suite.report.plots:
         from .plots import plot_all
@@ -318,6 +323,29 @@ def write_plots(results_dirs: PathLike | Iterable[PathLike], out: PathLike | Non
     if not paths:
         raise UserError(f"{', '.join(map(str, dirs))}: no finished records to plot")
     return paths
+
+
+def write_report(results_dirs: PathLike | Iterable[PathLike], out: PathLike | None = None, *,
+                 metrics: Sequence[str] | None = None, reference: str | None = None) -> Path:
+    """Write one self-contained HTML page of the records in one results folder or several (``clbench report``).
+
+    The page: the leaderboard (as :func:`leaderboard` with ``metrics`` and ``reference``, sortable),
+    accuracy after each step, the buffer-size sweep, accuracy against total memory with each method's
+    area under it (docs/report.md), any cell's accuracy matrix, config, cost and manifest, and the records
+    it was built from. ``out``: the file (default ``<results folder>/report.html``; required for several
+    folders). Returns its path. Raises ``UserError`` for an output that cannot be written, a folder
+    without records, an unknown metric or reference, or when no record is done; nothing is read before
+    the output is checked.
+    """
+    from .report_html import check_output, write_report as write_page
+
+    dirs = _dirs(results_dirs)
+    if out is None and len(dirs) > 1:
+        raise UserError("several results folders: say where the page goes (out=..., or -o)")
+    out = Path(out) if out is not None else dirs[0] / "report.html"
+    check_output(out)
+    board = leaderboard(dirs, metrics, reference)
+    return write_page({d: records_of([d]) for d in dirs}, board, out)
 
 
 def read_record(target: PathLike) -> dict:

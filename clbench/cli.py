@@ -1,8 +1,8 @@
-"""The ``clbench`` command line: run, validate, table, plot, list, show.
+"""The ``clbench`` command line: run, validate, table, plot, report, list, show.
 
 Each command parses its arguments, calls clbench.api (the same functions a
 Python user calls) and prints. Neither this module nor clbench.api imports
-torch or open_clip: ``--help``, table, plot and show never load them, and
+torch or open_clip: ``--help``, table, plot, report and show never load them, and
 validate, list and a run with nothing left to do load only the installed
 plugins' modules (tests/test_cli.py checks which).
 
@@ -120,6 +120,18 @@ def plot(results_dir, out_dir, no_heatmaps):
     """Figures (PNG and PDF): accuracy after each step, last accuracy and forgetting against buffer size, heatmaps."""
     for p in api.write_plots(results_dir, out_dir, heatmaps=not no_heatmaps):
         click.echo(str(p))
+
+
+@cli.command()
+@click.argument("results_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The HTML file (default RESULTS_DIR/report.html; required for several folders).")
+@click.option("--metrics", default=None, help="Comma-separated leaderboard metrics (default last,avg_inc,forgetting).")
+@click.option("--reference", default=None, help="Compare every row with this method (or row label) over matching seeds.")
+def report(results_dirs, output, metrics, reference):
+    """One self-contained HTML page (opens offline; send it to a colleague) of the records in RESULTS_DIRS:
+    sortable leaderboard, accuracy curves, buffer sweep, accuracy against total memory, each cell's details."""
+    path = api.write_report(results_dirs, output, metrics=_metrics_option(metrics), reference=reference)
+    click.echo(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 @cli.command()

@@ -186,6 +186,7 @@ class ReportConfig(Section):
     formats: list[Literal["csv", "md", "latex"]] = Field(default_factory=lambda: ["csv", "md", "latex"])
     reference: Optional[str] = None  # a method (or row label) every other row is compared with, seed by seed
     plots: bool = False  # also write the figures (as clbench plot does) after a run
+    html: bool = False  # write report.html (as clbench report does) next to the leaderboard after a run
 
 
 STREAM_KEYS = set(StreamConfig.model_fields)

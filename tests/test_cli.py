@@ -186,7 +186,8 @@ def finished(tmp_path_factory):
 
 def test_help_table_show_plot_import_no_torch(finished):
     _, out, cell_id = finished
-    for args in (["--help"], ["table", out], ["show", out / cell_id], ["plot", out, "--no-heatmaps"]):
+    for args in (["--help"], ["table", out], ["show", out / cell_id], ["plot", out, "--no-heatmaps"],
+                 ["report", out, "-o", out / "report.html"]):
         assert loaded_by(*args) == [], args
 
 
