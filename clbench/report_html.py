@@ -24,6 +24,7 @@ from .metrics import HIGHER_IS_BETTER, METRICS
 from .plots import buffer_amount, seen_accuracy_curve
 
 MEMO_METRICS = ("last", "avg_inc")  # MEMO's AUC-L and AUC-A
+FILE = "_report_file"  # the key write_report adds to each record it reads: the file it came from
 
 
 def _p(text) -> str:
@@ -144,8 +145,8 @@ def _memo_sections(records) -> list[dict]:
     return sections
 
 
-def _cells(records, files) -> list[dict]:
-    return [{"id": r["cell_id"], "variant": r["variant"], "stream": r["stream"], "seed": r["seed"], "file": files.get(r["cell_id"], ""),
+def _cells(records) -> list[dict]:
+    return [{"id": r["cell_id"], "variant": r["variant"], "stream": r["stream"], "seed": r["seed"], "file": r.get(FILE, ""),
              "acc": r.get("acc_matrix") or [], "config": r.get("config"), "cost": r.get("cost"), "manifest": r.get("manifest"),
              "buffer": r.get("buffer"), "memory": r.get("memory"), "metrics": r.get("metrics")} for r in records]
 
@@ -196,8 +197,8 @@ def _figs_html(prefix: str, figs) -> str:
     return "".join(f'<div class="fig" id="{prefix}-{i}"></div>' for i in range(len(figs))) or '<p class="note">Nothing to show.</p>'
 
 
-def render(records: list[dict], board: Leaderboard, files: dict[str, str], sources: list[str]) -> str:
-    """The page for ``records`` (every record read; the done, current ones are shown) and their leaderboard."""
+def render(records: list[dict], board: Leaderboard, sources: list[str]) -> str:
+    """The page for ``records`` (every record read, each with its file under ``FILE``; the done, current ones are shown) and their leaderboard."""
     from importlib.resources import files as package_files
 
     from . import __version__
@@ -209,7 +210,7 @@ def render(records: list[dict], board: Leaderboard, files: dict[str, str], sourc
     streams, variants = {s: i for i, s in enumerate(board.streams())}, {v: i for i, v in enumerate(board.variants())}
     shown.sort(key=lambda r: (streams.get(r["stream"], len(streams)), variants.get(r["variant"], len(variants)), r["seed"]))  # the table's order
     steps, sweeps, memo = _step_figures(shown), _sweep_figures(shown), _memo_sections(shown)
-    cells = _cells(shown, files)
+    cells = _cells(shown)
     data = {"steps": steps, "sweeps": sweeps, "memo": [s["figure"] for s in memo], "cells": cells}
     plotly_js = (package_files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
     e = html.escape
@@ -240,7 +241,7 @@ Area: trapezoidal rule over the shaded range, the one the most curves with two p
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}td{white-space:nowrap}td:first-child{white-space:normal;min-width:14em;max-width:28em}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}td{white-space:nowrap}td:first-child{white-space:normal;overflow-wrap:anywhere;min-width:14em;max-width:28em}
 th:first-child,td:first-child{text-align:left}table.sortable th{cursor:pointer;background:#f4f4f4;user-select:none}
 table.sortable th.asc::after{content:" ▲"}table.sortable th.desc::after{content:" ▼"}tbody tr:hover{background:#f7f7ff}
 .note{color:#555;font-size:13px}.fig{width:100%;height:460px}pre{background:#f6f6f6;padding:.5em;font-size:12px;max-height:400px;overflow:auto}
@@ -312,7 +313,7 @@ def check_output(out: Path) -> None:
         raise UserError(f"{out}: is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"{out}: cannot write here: folder {parent} does not exist")
+        raise UserError(f"{out}: cannot write here: " + (f"{parent} is a file, not a folder" if parent.exists() else f"folder {parent} does not exist"))
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise UserError(f"{out}: cannot write here: permission denied")
 
@@ -321,11 +322,9 @@ def write_report(records_by_dir: dict[Path, list[dict]], board: Leaderboard, out
     """Write the page for the records read from each folder to ``out`` (atomically); returns ``out``."""
     from .results import atomic_write_text
 
-    files, records = {}, []
-    for d, rs in records_by_dir.items():
-        for r in rs:
-            files.setdefault(r.get("cell_id"), str(Path(d) / "records" / f"{r.get('cell_id')}.json"))
-        records += rs
-    text = render(records, board, files, [str(Path(d)) for d in records_by_dir])
+    # each record carries its own file: a cell whose copies lie in several folders (failed in one, done in
+    # another) names the copy the page shows
+    records = [dict(r, **{FILE: str(Path(d) / "records" / f"{r.get('cell_id')}.json")}) for d, rs in records_by_dir.items() for r in rs]
+    text = render(records, board, [str(Path(d)) for d in records_by_dir])
     atomic_write_text(Path(out), text)
     return Path(out)

@@ -163,6 +163,17 @@ def test_memo_section_of_the_page(results):
     assert memo.ONE_POINT in text and "area, last (%)" in text
 
 
+def test_each_cell_names_the_file_of_the_copy_shown(tmp_path):
+    # a cell failed in one folder and done in another (a rerun elsewhere): the page shows the done copy and its file
+    done, failed = record("x1", "er", "er", "s", 0, 0.5), dict(record("x1", "er", "er", "s", 0, 0.5), status="failed")
+    for name, r in (("a", failed), ("b", done), ("c", record("y2", "er", "er", "s", 1, 0.6))):
+        (tmp_path / name / "records").mkdir(parents=True)
+        (tmp_path / name / "records" / f"{r['cell_id']}.json").write_text(json.dumps(r))
+    page = write_report([tmp_path / "a", tmp_path / "b", tmp_path / "c"], tmp_path / "r.html")
+    files = {c["id"]: c["file"] for c in data_block(page.read_text(encoding="utf-8"))["cells"]}
+    assert files == {"x1": str(tmp_path / "b" / "records" / "x1.json"), "y2": str(tmp_path / "c" / "records" / "y2.json")}
+
+
 def test_run_writes_the_page_when_the_suite_asks(tmp_path):
     from clbench import run_suite
 
@@ -196,6 +207,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(results, tmp_path, capsys):
         (["report", tmp_path / "empty", "-o", tmp_path / "r.html"], f"error: {tmp_path / 'empty'}: no records folder here"),
         (["report", root, "-o", tmp_path / "nowhere" / "r.html"], f"error: {tmp_path / 'nowhere' / 'r.html'}: cannot write here: folder"),
         (["report", root, "-o", tmp_path], f"error: {tmp_path}: is a folder"),
+        (["report", root, "-o", root / "report.html" / "r.html"], f"error: {root / 'report.html' / 'r.html'}: cannot write here: {root / 'report.html'} is a file"),
         # the output is checked before any folder is read
         (["report", tmp_path / "empty", "-o", tmp_path / "nowhere" / "r.html"], f"error: {tmp_path / 'nowhere' / 'r.html'}: cannot write"),
         (["report", root, "--bogus"], "error: No such option"),  # click names it: --bogus
