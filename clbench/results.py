@@ -46,12 +46,22 @@ def signals_deferred():
             signal.raise_signal(sig)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write, binary: bool = False) -> None:
     """``write(file)`` into a flushed, fsynced temp file beside ``path``, then a rename: readers see the old file or
-    the new one, never half. The folder is created; on any failure the temp file is removed and the error raised."""
+    the new one, never half. The folder is created; on any failure the temp file is removed and the error raised.
+    The file gets the permissions ``open`` would give it (0666 less the umask), not the temp file's owner-only 0600,
+    so a group sharing a results folder, or a web server showing a report, can read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()

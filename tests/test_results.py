@@ -1,4 +1,5 @@
 import os
+import stat
 
 import pytest
 
@@ -46,3 +47,15 @@ def test_truncated_record_counts_as_missing(tmp_path):
 def test_atomic_write_creates_parents(tmp_path):
     atomic_write_text(tmp_path / "a" / "b.txt", "hi")
     assert (tmp_path / "a" / "b.txt").read_text() == "hi"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path, umask, mode):
+    # a results folder shared by a group, or a report served by a web server, must be readable as the umask says,
+    # not owner-only as a temp file is made
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "out" / "record.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "record.json").stat().st_mode) == mode
