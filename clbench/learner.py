@@ -76,6 +76,13 @@ def _batches_with_ids(data: ImageSet, batch_size: int, generator: torch.Generato
             yield images, labels, None
 
 
+def _join_replayed(labels: torch.Tensor, ids: torch.Tensor | None, old: tuple) -> tuple:
+    """The batch's labels and dataset ids followed by the replayed rows' (``old`` = a memory's ``sample(n)``: images,
+    labels[, ids]); ids None unless both parts carry them."""
+    joined = ids is not None and len(old) > 2 and old[2] is not None
+    return torch.cat([labels, old[1]]), torch.cat([ids, old[2]]) if joined else None
+
+
 class Encoders:
     """The feature methods shared by the Learner and its frozen snapshots (needs model, clip, dataset, device, autocast)."""
 
@@ -407,8 +414,8 @@ class Learner(Encoders):
                 if use_replay and len(replay):
                     old = replay.sample(replay_batch_size)
                     n_replayed = len(old[1])
-                    images, labels = torch.cat([images, old[0].to(images.device)]), torch.cat([labels, old[1]])
-                    ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
+                    images = torch.cat([images, old[0].to(images.device)])
+                    labels, ids = _join_replayed(labels, ids, old)
                 yield images, labels, ids, n_replayed, None
             return
         rank, size, B = self.rank, self.ranks, self.cfg.batch_size
@@ -429,8 +436,7 @@ class Learner(Encoders):
                 old = replay.sample(replay_batch_size)
                 n_replayed = len(old[1])
                 parts.append(old[0][slice(*shard_bounds(n_replayed, rank, size))])
-                labels = torch.cat([labels, old[1]])
-                ids = torch.cat([ids, old[2]]) if ids is not None and len(old) > 2 and old[2] is not None else None
+                labels, ids = _join_replayed(labels, ids, old)
                 positions = [torch.cat([p, len(idx) + torch.arange(*shard_bounds(n_replayed, r, size))])
                              for r, p in enumerate(positions)]
             parts = [p for p in parts if len(p)]
