@@ -63,10 +63,8 @@ class Batch:
             return tensor
         from .sync_check import to_device
 
-        rows = self.rows
-        mine = rows.mine if not rows.padded else rows.mine.new_zeros(1)
-        part = tensor[to_device(mine, tensor.device)]
-        rows.local.append(part)
+        part = tensor[to_device(self.rows.local_index, tensor.device)]
+        self.rows.local.append(part)
         return part
 
     @property

@@ -88,13 +88,18 @@ class StepRows:
     def padded(self) -> bool:
         return len(self.mine) == 0
 
+    @property
+    def local_index(self):
+        """The global rows this rank encodes: its own, or row 0 as its padding row."""
+        return self.mine if not self.padded else torch.zeros(1, dtype=torch.long)
+
     def holds(self, tensor) -> bool:
         """True when ``tensor`` is one of this rank's row tensors of the batch (identity, not equality)."""
         return any(tensor is t for t in self.local)
 
     def scatter_index(self):
         """(B,) int64 host tensor: for each gathered row (ranks in order, real rows only), its global row."""
-        return torch.cat([p for p in self.positions]) if self.positions else torch.empty(0, dtype=torch.long)
+        return torch.cat(self.positions) if self.positions else torch.empty(0, dtype=torch.long)
 
 
 def _all_gather_padded(local, counts: list[int]):

@@ -110,10 +110,9 @@ class Encoders:
         if rows is None:
             return self._encode_images(images, prompts, prefixes, adapters)
         # train.devices > 1: this rank's rows of the global batch in, the whole batch's features out (distributed.py)
-        pick = rows.mine if not rows.padded else torch.zeros(1, dtype=torch.long)
-        prompts = _rows_of(prompts, rows.total, pick)
+        prompts = _rows_of(prompts, rows.total, rows.local_index)
         if prefixes:
-            prefixes = {block: tuple(_rows_of(t, rows.total, pick) for t in kv) for block, kv in prefixes.items()}
+            prefixes = {block: tuple(_rows_of(t, rows.total, rows.local_index) for t in kv) for block, kv in prefixes.items()}
         return gather_rows(self._encode_images(images, prompts, prefixes, adapters), rows)
 
     def _encode_images(self, images, prompts, prefixes, adapters) -> torch.Tensor:

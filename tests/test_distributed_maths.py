@@ -63,8 +63,7 @@ def _rank(rank: int, size: int, folder: str, positions: list[list[int]], x: list
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=size)
     rows = StepRows([torch.tensor(p, dtype=torch.long) for p in positions], len(x), rank)
-    mine = rows.mine if len(rows.mine) else torch.zeros(1, dtype=torch.long)  # a padding row when it has none
-    local_x = torch.tensor(x, dtype=torch.float64)[mine]
+    local_x = torch.tensor(x, dtype=torch.float64)[rows.local_index]  # its rows, or a padding row when it has none
 
     class Scale(torch.nn.Module):
         def __init__(self):
