@@ -28,6 +28,8 @@ _LAZY = {
     "no_host_sync": "clbench.sync_check",
     "allow_host_sync": "clbench.sync_check",
     "sum_over_ranks": "clbench.distributed",
+    "note_contrast": "clbench.contrast_stats",
+    "note_class_mass": "clbench.contrast_stats",
     "RunSummary": "clbench.api",
     "run_suite": "clbench.api",
     "validate_suite": "clbench.api",
@@ -36,7 +38,7 @@ _LAZY = {
     "write_report": "clbench.api",
 }
 
-__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "to_device", "no_host_sync", "allow_host_sync", "sum_over_ranks",
+__all__ = ["Batch", "DatasetPlugin", "Method", "Params", "no_grad", "to_device", "no_host_sync", "allow_host_sync", "sum_over_ranks", "note_contrast", "note_class_mass",
            "RunSummary", "run_suite", "validate_suite", "leaderboard",
            "write_plots", "write_report", "hookimpl", "__version__"]  # every lazy name, and the two defined here
 

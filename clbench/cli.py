@@ -98,7 +98,7 @@ def validate(suite_file):
 @cli.command()
 @click.argument("results_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True)
-@click.option("--metrics", default=None, help="Comma-separated metrics (default last,avg_inc,forgetting).")
+@click.option("--metrics", default=None, help="Comma-separated metrics (default last,avg_inc,forgetting,drift).")
 @click.option("--reference", default=None, help="Compare every row with this method (or row label) over matching seeds.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
 def table(results_dirs, fmt, metrics, reference, output):
@@ -125,7 +125,7 @@ def plot(results_dir, out_dir, no_heatmaps):
 @cli.command()
 @click.argument("results_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="The HTML file (default RESULTS_DIR/report.html; required for several folders).")
-@click.option("--metrics", default=None, help="Comma-separated leaderboard metrics (default last,avg_inc,forgetting).")
+@click.option("--metrics", default=None, help="Comma-separated leaderboard metrics (default last,avg_inc,forgetting,drift).")
 @click.option("--reference", default=None, help="Compare every row with this method (or row label) over matching seeds.")
 def report(results_dirs, output, metrics, reference):
     """One self-contained HTML page (opens offline; send it to a colleague) of the records in RESULTS_DIRS:

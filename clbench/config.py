@@ -182,7 +182,7 @@ class StreamConfig(Section):
 
 
 class ReportConfig(Section):
-    metrics: list[str] = Field(default_factory=lambda: ["last", "avg_inc", "forgetting"])
+    metrics: list[str] = Field(default_factory=lambda: ["last", "avg_inc", "forgetting", "drift"])
     formats: list[Literal["csv", "md", "latex"]] = Field(default_factory=lambda: ["csv", "md", "latex"])
     reference: Optional[str] = None  # a method (or row label) every other row is compared with, seed by seed
     plots: bool = False  # also write the figures (as clbench plot does) after a run

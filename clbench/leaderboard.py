@@ -18,7 +18,7 @@ import pandas as pd
 from .aggregate import aggregate, dedupe, paired_differences, stale, tidy
 from .metrics import HIGHER_IS_BETTER
 
-DEFAULT_METRICS = ("last", "avg_inc", "forgetting")
+DEFAULT_METRICS = ("last", "avg_inc", "forgetting", "drift")  # drift beside forgetting: metrics.py
 
 
 #: one-line definitions for table footnotes (docs/metrics.md has the full ones)
@@ -33,6 +33,8 @@ DEFINITIONS = {
     "transfer": "MTIL's Transfer: mean over test sets of their accuracy at the steps before their own was trained",
     "mtil_avg": "MTIL's Avg: mean over test sets of their accuracy averaged over every step",
     "mtil_last": "MTIL's Last: mean over test sets of their final accuracy",
+    "drift": "mean over old experiences of 1 − the cosine similarity of their test images' features now and just after "
+             "they were learned",
 }
 SIGNIFICANCE = 0.05
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
+from .contrast_stats import ContrastStats
 from .cost import CostMeter
 from .batch import Batch
 from .data.base import ImageSet
@@ -227,6 +228,7 @@ class Learner(Encoders):
         self.shared = SharedResults.default() if self.ranks == 1 else SharedResults(None)
         self._fingerprint = weights_fingerprint(self.model) if self.shared.folder is not None else None
         self.last_train_loss: float | None = None
+        self.contrast_stats = ContrastStats(self.dataset.num_classes, self.device)  # the runner opens and closes experiences
         if train.data_on_device and self.device.type == "cuda":
             stream.to_device(self.device)
         if train.compile:
@@ -375,7 +377,7 @@ class Learner(Encoders):
                         rows.local.append(x)
                     batch = Batch(x, y, classes, exp, n_replayed, ids, rows)
                     self._rows = rows
-                    with sync_check(host=(ids,)):  # batch.ids live on the host by design
+                    with sync_check(host=(ids,)), self.contrast_stats.step():  # batch.ids live on the host by design
                         with self.autocast():
                             try:
                                 loss = loss_fn(batch) if ddp is None else ddp(functools.partial(loss_fn, batch))
@@ -498,7 +500,8 @@ class Learner(Encoders):
         c = self.cost
         return {"generator": self.generator.get_state(), "last_train_loss": self.last_train_loss,
                 "cost": [c.train_images, c.train_seconds, c.eval_images, c.eval_seconds], "model_changed": self.model_changed,
-                "towers_changed": [self._text_version > 0, self._weights_version > 0]}
+                "towers_changed": [self._text_version > 0, self._weights_version > 0],
+                "contrast": self.contrast_stats.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
@@ -512,6 +515,7 @@ class Learner(Encoders):
         self._text_cache.clear()
         self._image_cache.clear()
         self._text_version, self._weights_version = int(text_changed), int(image_changed)
+        self.contrast_stats.load_state_dict(state.get("contrast"))
 
     # --- evaluation ---------------------------------------------------------
     @torch.no_grad()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import lazy_loader as lazy
 
+from .contrast_stats import note_contrast
+
 torch = lazy.load("torch")
 
 
@@ -25,8 +27,10 @@ def contrastive_terms(image_features, labels, text_features, classes, logit_scal
 
     Image term of x: −log softmax over ``classes``' prompts at x's class; text
     term of prompt c: −log (Σ_{x: y_x = c} e^{s(x,c)} / Σ_x e^{s(x,c)}), every
-    image of c's class a positive.
+    image of c's class a positive. Inside ``Learner.fit`` it adds to the step's
+    effective-negative statistics (contrast_stats.py).
     """
+    note_contrast(labels, classes, symmetric=True)
     logits = logit_scale * image_features @ text_features.t()  # (B, C)
     image_terms = torch.nn.functional.cross_entropy(logits, positions(classes, labels), reduction="none")
     per_text = logits.t()  # (C, B)
@@ -47,6 +51,7 @@ def contrastive_loss(image_features, labels, text_features, classes, logit_scale
 
 
 def cross_entropy_loss(image_features, labels, text_features, classes, logit_scale) -> torch.Tensor:
-    """Cross-entropy over s(x, c) for c in ``classes`` (the seen classes)."""
+    """Cross-entropy over s(x, c) for c in ``classes`` (the seen classes); noted as contrast_stats.py says."""
+    note_contrast(labels, classes)
     logits = logit_scale * image_features @ text_features.t()
     return torch.nn.functional.cross_entropy(logits, positions(classes, labels))

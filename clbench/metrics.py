@@ -24,6 +24,7 @@ HIGHER_IS_BETTER = {
     "transfer": True,
     "mtil_avg": True,
     "mtil_last": True,
+    "drift": False,
 }
 METRICS = tuple(HIGHER_IS_BETTER)
 
@@ -123,8 +124,24 @@ def mtil_last(A: Matrix) -> float:
     return avg_acc(A)
 
 
-def compute_metrics(A: Matrix, sizes, initial=None, control_before=None, control_after=None) -> dict:
+def drift(S: Optional[Matrix]) -> Optional[float]:
+    """Representation drift: mean over j < T of 1 − S[T][j]; None for one step or without S.
+
+    ``S[t][j]`` is the mean cosine similarity between experience j's test-image
+    features after step t and right after step j (drift.py), so the value is a
+    mean cosine distance in [0, 2]: 0 when the old experiences' features did
+    not move. The feature counterpart of ``forgetting`` (same j < T).
+    """
+    if not S or len(S) < 2:
+        return None
+    T = len(S)
+    return sum(1 - S[T - 1][j] for j in range(T - 1)) / (T - 1)
+
+
+def compute_metrics(A: Matrix, sizes, initial=None, control_before=None, control_after=None, drift_matrix=None) -> dict:
     """Every metric of SPEC.md; ``None`` where a metric is undefined (e.g. one step).
+
+    ``drift_matrix``: the record's ``drift.since_learned`` (None: ``drift`` is None).
 
     Raises ValueError unless A is T × T with T test-set sizes and every entry on
     or below the diagonal is a number.
@@ -145,4 +162,5 @@ def compute_metrics(A: Matrix, sizes, initial=None, control_before=None, control
         "transfer": transfer(A),
         "mtil_avg": mtil_avg(A),
         "mtil_last": mtil_last(A),
+        "drift": drift(drift_matrix),
     }

@@ -1,9 +1,10 @@
 """One self-contained HTML page per results folder (``clbench report``): look, sort, hover, compare, send.
 
 The page holds the leaderboard (the very cells ``clbench table`` prints, sortable by any column),
-accuracy after each step per method and stream, the buffer-size sweep, accuracy against total memory
-with each method's area under that curve (clbench/memo.py), any cell's accuracy-matrix heatmap with
-its config, cost and manifest, and the list of records it was built from. Plotly draws the figures;
+accuracy after each step per method and stream, the buffer-size sweep (last accuracy, forgetting and
+drift; clbench/report_mechanism.py), accuracy against total memory with each method's area under that
+curve (clbench/memo.py), any cell's accuracy-matrix heatmap with its drift matrices, contrastive-objective
+summary, config, cost and manifest, and the list of records it was built from. Plotly draws the figures;
 its script is embedded, so the file opens from disk with no network. Every name is escaped: HTML text
 with ``html.escape``, the JSON data block with ``<``, ``>``, ``&`` as ``\\u`` escapes, and strings that
 Plotly renders (it reads a few HTML tags) as HTML entities.
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import report_mechanism as mechanism
 from .aggregate import dedupe, tidy
 from .leaderboard import DEFINITIONS, Leaderboard
 from .memo import curves as memo_curves
 from .metrics import HIGHER_IS_BETTER, METRICS
-from .plots import buffer_amount, seen_accuracy_curve
+from .plots import has_matrix, seen_accuracy_curve
 
 MEMO_METRICS = ("last", "avg_inc")  # MEMO's AUC-L and AUC-A
 FILE = "_report_file"  # the key write_report adds to each record it reads: the file it came from
@@ -51,7 +53,8 @@ def _clean(values):
 def _step_figures(records) -> list[dict]:
     curves = defaultdict(lambda: defaultdict(list))
     for r in records:
-        curves[r["stream"]][r["variant"]].append(seen_accuracy_curve(r))
+        if has_matrix(r):  # a record without its matrix (failed) has no curve
+            curves[r["stream"]][r["variant"]].append(seen_accuracy_curve(r))
     figs = []
     for stream, by_variant in curves.items():
         data = []
@@ -64,35 +67,6 @@ def _step_figures(records) -> list[dict]:
         figs.append({"title": stream, "data": data, "layout": {
             "title": {"text": _p(stream)}, "xaxis": {"title": {"text": "step"}, "dtick": 1},
             "yaxis": {"title": {"text": "accuracy on test data seen so far (%)"}}, "hovermode": "closest"}})
-    return figs
-
-
-def _sweep_figures(records) -> list[dict]:
-    points = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    kinds = defaultdict(set)
-    for r in records:
-        amount = buffer_amount(r)
-        if amount:
-            kinds[r["stream"]].add(amount[0])
-            points[r["stream"]][r["method"]][amount[1]].append(r["metrics"])
-    figs = []
-    for stream, by_method in points.items():
-        if max(len(v) for v in by_method.values()) < 2:
-            continue  # one buffer size: nothing to sweep
-        data = []
-        for i, (method, by_amount) in enumerate(sorted(by_method.items())):
-            xs = sorted(by_amount)
-            for axis, metric in (("", "last"), ("2", "forgetting")):
-                vals = [[m[metric] for m in by_amount[x] if m.get(metric) is not None] for x in xs]
-                data.append({"type": "scatter", "mode": "lines+markers", "name": _p(method), "legendgroup": _p(method),
-                             "showlegend": axis == "", "x": xs, "y": _clean([100 * np.mean(v) if v else None for v in vals]),
-                             "error_y": {"type": "data", "array": _clean([100 * np.std(v) if v else None for v in vals])},
-                             "xaxis": "x" + axis, "yaxis": "y" + axis, **_marker(i), "hovertemplate": f"buffer %{{x}}: %{{y:.1f}}% {metric}"})
-        label = " / ".join(sorted(kinds[stream]))
-        figs.append({"title": stream, "data": data, "layout": {
-            "title": {"text": _p(stream)}, "grid": {"rows": 1, "columns": 2, "pattern": "independent"},
-            "xaxis": {"title": {"text": f"buffer ({label})"}, "type": "log"}, "xaxis2": {"title": {"text": f"buffer ({label})"}, "type": "log"},
-            "yaxis": {"title": {"text": "last accuracy (%)"}}, "yaxis2": {"title": {"text": "forgetting (%)"}}}})
     return figs
 
 
@@ -148,7 +122,7 @@ def _memo_sections(records) -> list[dict]:
 def _cells(records) -> list[dict]:
     return [{"id": r["cell_id"], "variant": r["variant"], "stream": r["stream"], "seed": r["seed"], "file": r.get(FILE, ""),
              "acc": r.get("acc_matrix") or [], "config": r.get("config"), "cost": r.get("cost"), "manifest": r.get("manifest"),
-             "buffer": r.get("buffer"), "memory": r.get("memory"), "metrics": r.get("metrics")} for r in records]
+             "buffer": r.get("buffer"), "memory": r.get("memory"), "metrics": r.get("metrics"), **mechanism.cell_mechanism(r)} for r in records]
 
 
 def _leaderboard_html(board: Leaderboard) -> str:
@@ -209,7 +183,7 @@ def render(records: list[dict], board: Leaderboard, sources: list[str]) -> str:
     shown = [dict(r, variant=v, stream=s) for r, v, s in zip(shown, labels["variant"], labels["stream"])]
     streams, variants = {s: i for i, s in enumerate(board.streams())}, {v: i for i, v in enumerate(board.variants())}
     shown.sort(key=lambda r: (streams.get(r["stream"], len(streams)), variants.get(r["variant"], len(variants)), r["seed"]))  # the table's order
-    steps, sweeps, memo = _step_figures(shown), _sweep_figures(shown), _memo_sections(shown)
+    steps, sweeps, memo = _step_figures(shown), mechanism.sweep_figures(shown, _p, _named, _marker), _memo_sections(shown)
     cells = _cells(shown)
     data = {"steps": steps, "sweeps": sweeps, "memo": [s["figure"] for s in memo], "cells": cells}
     plotly_js = (package_files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
@@ -221,21 +195,21 @@ Sections: <a href="#s-board">leaderboard</a> · <a href="#s-steps">accuracy afte
 <a href="#s-memo">accuracy against memory</a> · <a href="#s-cell">one cell</a> · <a href="#s-records">records</a></p>
 <h2 id="s-board">Leaderboard</h2>{_leaderboard_html(board)}
 <h2 id="s-steps">Accuracy after each step</h2><p class="note">Accuracy on the test data seen so far after each step, mean ± std over seeds (hover for values; click a legend entry to hide it).</p>{_figs_html("steps", steps)}
-<h2 id="s-sweep">Buffer-size sweep</h2><p class="note">Last accuracy and forgetting against buffer size, mean ± std over seeds; only streams where a method ran at two buffer sizes or more.</p>{_figs_html("sweeps", sweeps)}
+<h2 id="s-sweep">Buffer-size sweep</h2><p class="note">Last accuracy, forgetting and representation drift (×100: 1 − cosine similarity of old experiences' test-image features now and right after they were learned) against buffer size, mean ± std over seeds, one line per method variant (its buffer setting left out of the name); x is the buffer rule's value, or the exemplars kept at the end where a stream mixes kinds of rule. Dashed: methods without a buffer, at their mean. Only streams where a method ran at two buffer sizes or more.</p>{_figs_html("sweeps", sweeps)}
 <h2 id="s-memo">Accuracy against total memory (MEMO)</h2><p class="note">Memory = the record's buffer bytes + every other kind the method keeps beyond the shared model (teacher copies, Fisher, stored outputs, prototypes, prompts, adapters), in MB (10<sup>6</sup> bytes), mean over seeds; one point per buffer setting.
 Area: trapezoidal rule over the shaded range, the one the most curves with two points or more share, divided by its width, so it reads as a mean accuracy there (Zhou et al., ICLR 2023, "A Model or 603 Exemplars"; docs/report.md).</p>{_memo_html(memo)}
-<h2 id="s-cell">One cell: accuracy matrix, config, cost, manifest</h2><select id="cell-pick"></select><div class="fig" id="heatmap"></div>
+<h2 id="s-cell">One cell: accuracy matrix, drift, config, cost, manifest</h2><select id="cell-pick"></select><div class="fig" id="heatmap"></div>{mechanism.CELL_HTML}
 <div class="cols"><div><h3>config</h3><pre id="cell-config"></pre></div><div><h3>cost, buffer, memory, metrics</h3><pre id="cell-cost"></pre><h3>manifest</h3><pre id="cell-manifest"></pre></div></div>
 <h2 id="s-records">Records</h2>{_records_html(cells)}"""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>clbench report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{CSS}</style>
+<style>{CSS}{mechanism.CSS}</style>
 <script>{plotly_js}</script>
 </head><body>
 {body}
 <script type="application/json" id="report-data">{_json(data)}</script>
-<script>{JS}</script>
+<script>{JS}{mechanism.CELL_JS}</script>
 </body></html>
 """
 
@@ -296,6 +270,7 @@ function showCell(i) {
   document.getElementById('cell-config').textContent = JSON.stringify(c.config, null, 1);
   document.getElementById('cell-cost').textContent = JSON.stringify({file: c.file, cost: c.cost, buffer: c.buffer, memory: c.memory, metrics: c.metrics}, null, 1);
   document.getElementById('cell-manifest').textContent = JSON.stringify(c.manifest, null, 1);
+  showMechanism(c);
 }
 pick.addEventListener('change', () => showCell(pick.value));
 showCell(0);

@@ -15,6 +15,7 @@ from .cost import CostMeter
 from .events import ExperienceEnd
 from .data.scenarios import build_stream
 from .distributed import all_reduce_max, is_main, world
+from .drift import DriftTracker
 from .errors import UserError
 from .learner import Learner, pick_device
 from .manifest import manifest, model_facts
@@ -129,7 +130,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
     report_experience = (on_experience or plugins.experience_end) if main else (lambda report: None)
     record = _base_record(cell)
     record.update(class_order=None, class_order_hash=None, acc_matrix=[], metrics={m: None for m in METRICS})
-    learner, method, step, resumed_at, model_info = None, None, None, None, None
+    learner, method, step, resumed_at, model_info, drift = None, None, None, None, None, None
     try:
         clip = build_clip(cell.config["model"]["arch"], cell.config["model"]["pretrained"], pick_device(train.device),
                           cell.config["model"].get("adapter"))
@@ -142,6 +143,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         model_info = model_facts(clip, learner.amp_dtype)
         method_cls = plugins.methods.get(cell.method)
         method = method_cls(method_cls.Params(**cell.params), learner)
+        drift = DriftTracker(len(stream.experiences))
+        features_of = lambda j: learner.image_features(stream.experiences[j].test)  # noqa: E731 (cached per model version)
         checkpoint = CellCheckpoint(checkpoints, cell.cell_id) if checkpoints else None
         saved = checkpoint.load(set_aside=main) if checkpoint else None
         if saved:
@@ -150,6 +153,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                     learner.model.load_state_dict(saved["model"])
                 method.load_state_dict(saved["method"])
                 learner.load_state_dict(saved["learner"])
+                drift.load_state_dict(saved.get("drift"), learner.device)
                 set_rng_state(saved["rng"])
             except Exception as exc:  # a checkpoint this code cannot restore must not block the cell forever
                 aside = checkpoint.set_aside() if main else checkpoint.path
@@ -161,25 +165,30 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         else:
             initial = learner.evaluate_initial()
             control_before = learner.control_accuracy()
+            drift.start(features_of)
             rows, losses, start = record["acc_matrix"], [], 0
         last = len(stream.experiences) - 1
         for step, exp in enumerate(stream.experiences):
             if step < start:
                 continue
+            learner.contrast_stats.begin_experience(old_classes(stream, exp))
             method.before_experience(exp)
             if method_cls.trains:
                 method.train(exp)
             method.after_experience(exp)
+            learner.contrast_stats.end_experience(exp.index)
             losses.append(learner.last_train_loss if method_cls.trains else None)
             rows.append(evaluate_step(learner, method, step))
             report = ExperienceEnd(cell, step, len(stream.experiences), rows[-1], losses[-1], [len(e.test) for e in stream.experiences], learner)
             if losses[-1] is not None and not math.isfinite(losses[-1]):
                 report_experience(report)
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
+            drift.step(step, features_of)
             if checkpoint and step < last:  # saved before the experience is reported done, so an interrupt after the report keeps it
                 state = {  # built on every rank (a method's state_dict may sum over ranks), written by rank 0
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
                     "model": learner.model.state_dict() if learner.model_changed else None, "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
+                    "drift": drift.state_dict(),
                 }
                 if main:
                     checkpoint.save(state)
@@ -187,10 +196,13 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         step = None
         control_after = control_step(learner, method)
         sizes = [len(e.test) for e in stream.experiences]
+        drift_record = drift.record()
         record.update(
             status="done", initial_acc=initial, train_loss=losses,
-            control_acc={"before": control_before, "after": control_after},
-            metrics=compute_metrics(rows, sizes, initial, control_before, control_after),
+            control_acc={"before": control_before, "after": control_after}, drift=drift_record,
+            contrast=learner.contrast_stats.record(),
+            metrics=compute_metrics(rows, sizes, initial, control_before, control_after,
+                                    drift_record and drift_record["since_learned"]),
             method_state=_json_checked(method.record_extras(), "record_extras"),
         )
         record["memory"] = memory_record(_memory_summary(method, learner))  # a plugin's wrong value fails its cell only
@@ -209,6 +221,8 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                       traceback=traceback.format_exc(limit=20), buffer={"exemplars": 0, "bytes": 0},
                       memory=memory_record({}))
     record["cost"] = (learner.cost if learner else CostMeter()).summary()
+    if drift is not None:
+        record["cost"]["drift_s"] = round(drift.seconds, 4)  # the drift matrices' own cost (drift.py), within wall_s
     ranks = world()[1]
     if ranks > 1:
         record["cost"]["devices"] = ranks  # device-hours = wall_s × devices
@@ -221,6 +235,12 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         record["cost"]["resumed_at_experience"] = resumed_at
     record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed, model_info)
     return record
+
+
+def old_classes(stream, exp) -> list[int]:
+    """Classes seen before ``exp`` that ``exp`` does not teach (none in a domain-incremental stream)."""
+    new = set(exp.classes)
+    return [c for c in stream.seen(exp.index - 1) if c not in new] if exp.index > 0 else []
 
 
 def evaluate_step(learner, method, step: int) -> list:

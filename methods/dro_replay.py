@@ -21,7 +21,7 @@ from typing import Literal
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import hookimpl, to_device
+from clbench import hookimpl, note_class_mass, to_device
 from clbench.replay import ReplayMethod, ReplayParams
 
 from .dro import GroupDRO, KLDRO
@@ -69,10 +69,12 @@ class DROReplay(ReplayMethod):
             self._track(classes, torch.ones(len(classes), device=batch.labels.device))
             return loss
         terms = objective_by_class(learner, batch, p.loss, p.template)
-        if p.update == "eg":
+        if p.update == "eg":  # Σ q_c L_c: class c's anchors weigh q_c in all
             loss, weights = self.eg.loss(terms.classes, terms.mean)
-        else:
+            note_class_mass(terms.classes, weights)
+        else:  # Σ p_c ∇share_c: er's anchor mass of c times p_c
             loss, weights = self.kl.loss(terms.mean, terms.share)
+            note_class_mass(terms.classes, weights * terms.mass)
         self._track(terms.classes, weights)
         return loss
 

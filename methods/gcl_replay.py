@@ -11,7 +11,7 @@ from __future__ import annotations
 import lazy_loader as lazy
 from pydantic import Field
 
-from clbench import hookimpl, to_device
+from clbench import hookimpl, note_contrast, to_device
 from clbench.replay import ReplayMethod, ReplayParams
 
 from .gcl import GlobalContrastive
@@ -39,6 +39,7 @@ class GCLReplay(ReplayMethod):
         if batch.ids is None:
             raise RuntimeError("gcl_replay needs each image's dataset id: the dataset plugin's image sets must carry "
                                "'ids' through subset/concat like labels (clbench.data.base.ImageSet)")
+        note_contrast(batch.labels, seen_t)  # image anchors meet every seen prompt; a text anchor, the other classes' images
         return self.objective.loss(learner.encode_images(batch.images), batch.labels, batch.ids, text, seen_t, learner.logit_scale)
 
     def state_dict(self):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import lazy_loader as lazy
 
-from clbench import to_device
+from clbench import note_contrast, to_device
 from clbench.losses import contrastive_loss, contrastive_terms, cross_entropy_loss, positions
 
 torch = lazy.load("torch")
@@ -42,12 +42,15 @@ class ClassTerms:
     each class's additive part of the objective (its images' image terms / B,
     plus, for ``contrastive``, its prompt's text term / C, the sum halved);
     ``mean`` (C,): the class's own mean loss (mean of its image terms, averaged
-    with its text term for ``contrastive``), the L_c that DRO weights are built from.
+    with its text term for ``contrastive``), the L_c that DRO weights are built from;
+    ``mass`` (C,): the class's share of the objective's anchor weight (n_c / B,
+    averaged with 1 / C for ``contrastive``; clbench.contrast_stats), summing to 1.
     """
 
     classes: "torch.Tensor"
     share: "torch.Tensor"
     mean: "torch.Tensor"
+    mass: "torch.Tensor"
 
 
 def objective_by_class(learner, batch, loss: str = "contrastive", template: int = 0, grad_text: bool = True) -> ClassTerms:
@@ -62,12 +65,14 @@ def objective_by_class(learner, batch, loss: str = "contrastive", template: int 
         image_terms, text_terms = contrastive_terms(features, labels, text, space_t, learner.logit_scale)
     else:
         logits = learner.logit_scale * features @ text.t()
+        note_contrast(labels, space_t)
         image_terms = torch.nn.functional.cross_entropy(logits, positions(space_t, labels), reduction="none")
         text_terms = None
     where = positions(present, labels)
     sums = torch.zeros(len(present), dtype=image_terms.dtype, device=labels.device).index_add(0, where, image_terms)
     counts = torch.zeros(len(present), dtype=image_terms.dtype, device=labels.device).index_add(0, where, torch.ones_like(image_terms))
-    share, mean = sums / len(labels), sums / counts
+    share, mean, mass = sums / len(labels), sums / counts, counts / len(labels)
     if text_terms is not None:
         share, mean = (share + text_terms / len(present)) / 2, (mean + text_terms) / 2
-    return ClassTerms(present, share, mean)
+        mass = (mass + 1 / len(present)) / 2
+    return ClassTerms(present, share, mean, mass)

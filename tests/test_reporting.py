@@ -59,9 +59,21 @@ def test_figures(tmp_path, capsys):
     suite = tiny_suite(["finetune", {"name": "er", "buffer": {"size": [2, 8]}}], seeds=[0, 1], report={"plots": True})
     out = run(tmp_path, capsys, suite)
     names = {p.name for p in (out / "plots").iterdir()}
-    assert {"accuracy_synthetic-ci3.png", "accuracy_synthetic-ci3.pdf", "buffer_synthetic-ci3.png", "buffer_synthetic-ci3.pdf"} <= names
+    assert {"accuracy_synthetic-ci3.png", "accuracy_synthetic-ci3.pdf", "buffer_synthetic-ci3.png", "buffer_synthetic-ci3.pdf",
+            "mechanism_synthetic-ci3.png", "mechanism_synthetic-ci3.pdf"} <= names  # er at two buffer sizes: a sweep
     assert len(list((out / "plots" / "heatmaps").glob("*.png"))) == 6
     assert (out / "plots" / "buffer_synthetic-ci3.pdf").read_bytes()[:4] == b"%PDF"
+    for record in map(json.loads, map(Path.read_text, (out / "records").glob("*.json"))):  # what the figures drew
+        S, T = record["drift"]["since_learned"], len(record["acc_matrix"])
+        assert [row[t + 1:] for t, row in enumerate(S)] == [[None] * (T - t - 1) for t in range(T)]
+        assert [S[t][t] for t in range(T)] == pytest.approx([1.0] * T, abs=1e-5)
+        assert record["metrics"]["drift"] == pytest.approx(sum(1 - S[-1][j] for j in range(T - 1)) / (T - 1))
+        contrast = record["contrast"]
+        assert len(contrast) == T and contrast[0]["old_class_mass"] is None
+        if record["method"] == "finetune":  # a batch-local loss on new data only: old classes get neither weight nor negatives
+            assert all(e["old_class_mass"] == 0 and e["negatives_old"] == 0 for e in contrast[1:])
+        else:  # every step replays exemplars of old classes
+            assert all(0 < e["old_class_mass"] < 1 and e["negatives_old"] > 0 for e in contrast[1:])
 
 
 def test_csv_and_tensorboard_loggers(tmp_path, capsys):
