@@ -2,7 +2,6 @@
 (forgetting and representation drift against replay memory), accuracy-matrix heatmaps."""
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,9 +9,7 @@ import numpy as np
 
 from .aggregate import dedupe
 from .metrics import seen_accuracy
-
-MEMORY_LABEL = "memory (exemplars at the end)"
-_HASH = re.compile(r" #[0-9a-f]{6}$")  # the suffix aggregate.tidy adds where one label covers several configs
+from .sweep_lines import MEMORY_LABEL, buffer_amount, buffer_lines, exemplars, mean_std, metric_of, sweep_x
 
 
 def _pyplot():
@@ -45,119 +42,6 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def buffer_amount(record: dict):
-    """(kind, value) of a replay record's buffer setting, e.g. ('fraction', 0.02); None without a buffer."""
-    spec = ((record.get("config") or {}).get("params") or {}).get("buffer")
-    if not isinstance(spec, dict):
-        return None
-    for kind in ("fraction", "per_class", "size"):
-        if spec.get(kind) is not None:
-            return kind, spec[kind]
-    return None
-
-
-def exemplars(record: dict):
-    """The record's replay memory at the end of its run, in exemplars (``buffer.exemplars``); None when unknown or 0."""
-    n = (record.get("buffer") or {}).get("exemplars")
-    return n if isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 else None
-
-
-def _split_items(inner: str) -> list[str]:
-    """``inner`` split at the ", " that are not inside brackets (a value may be a list or a mapping)."""
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(inner):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0 and inner.startswith(", ", i):
-            items.append(inner[start:i])
-            start = i + 2
-    return items + [inner[start:]]
-
-
-def without_buffer(variant: str) -> str:
-    """The variant label with its buffer setting taken out, so a sweep's labels name one line.
-
-    Labels are ``name (key=value, ...)`` as suites write them (clbench/suite.py), a nested key as
-    ``buffer.per_class=1``: every item ``buffer.…=…`` or ``buffer=…`` goes, and the parentheses with the
-    last one. ``"dro_replay (buffer.per_class=1, update=kl)"`` → ``"dro_replay (update=kl)"``,
-    ``"er (buffer.per_class=1)"`` → ``"er"``. Anything after the closing parenthesis (``" [order …]"``)
-    is kept; a label without a buffer item, without parentheses or with unbalanced ones comes back as it is.
-    """
-    start = variant.find(" (")
-    if start < 0:
-        return variant
-    depth = 0
-    for end in range(start + 1, len(variant)):
-        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(variant[end], 0)
-        if depth == 0:
-            break
-    else:
-        return variant
-    items = _split_items(variant[start + 2:end])
-    kept = [item for item in items if not re.match(r"buffer[.=]", item)]
-    if len(kept) == len(items):
-        return variant
-    return variant[:start] + (f" ({', '.join(kept)})" if kept else "") + variant[end + 1:]
-
-
-def buffer_lines(records) -> dict[str, dict[str, list[dict]]]:
-    """stream -> line label -> records: the records with a buffer setting, one line per method variant.
-
-    A line is the records whose configs are the same but for the seed, the stream, the buffer setting and
-    ``train.devices`` (clbench/memo.py's curves), so variants that differ in anything else (``update=kl``,
-    ``update=uniform``) stay apart whatever their labels say. Its label is the records' variant label with
-    the buffer setting removed (:func:`without_buffer`, and a ``#hash`` suffix from aggregate.tidy
-    dropped) when they agree on it, else the method name; ``label #<config hash>`` where two lines of
-    a stream would get the same label. Records without a buffer setting are left out.
-    """
-    from .memo import _curve_key
-
-    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        if buffer_amount(r):
-            groups[r["stream"]][_curve_key(r)].append(r)
-    out: dict[str, dict[str, list[dict]]] = {}
-    for stream, by_key in groups.items():
-        named = []
-        for key, rs in by_key.items():
-            labels = {without_buffer(_HASH.sub("", r["variant"])) for r in rs}
-            named.append((labels.pop() if len(labels) == 1 else rs[0]["method"], key, rs))
-        count = defaultdict(int)
-        for label, _, _ in named:
-            count[label] += 1
-        out[stream] = {(label if count[label] == 1 else f"{label} #{key}"): rs for label, key, rs in sorted(named, key=lambda n: n[:2])}
-    return out
-
-
-def sweep_x(records) -> tuple[str, dict[int, float]]:
-    """The x axis of a stream's buffer sweep: (axis label, id(record) -> x).
-
-    x is the buffer rule's value (``fraction``, ``per_class`` or ``size``) when the stream's records
-    share one kind of rule, else (kinds mixed: their values are not on one scale) the record's
-    ``buffer.exemplars`` at the end. Records without a usable x (no rule; no exemplars) are left out.
-    """
-    amounts = {id(r): buffer_amount(r) for r in records}
-    kinds = {a[0] for a in amounts.values() if a}
-    if len(kinds) == 1:
-        return f"buffer ({kinds.pop()})", {i: a[1] for i, a in amounts.items() if a and a[1] and a[1] > 0}
-    return MEMORY_LABEL, {id(r): exemplars(r) for r in records if amounts[id(r)] and exemplars(r)}
-
-
-def _metric(record: dict, metric: str):
-    value = (record.get("metrics") or {}).get(metric)
-    return None if value is None or value != value else float(value)
-
-
-def mean_std(values) -> tuple[float, float]:
-    """(mean, sample standard deviation with ddof=1, 0 for one value) of ``values``; (nan, nan) when empty."""
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def _n_label(counts) -> str:
     lo, hi = min(counts), max(counts)
     return f"n={lo}" if lo == hi else f"n={lo}–{hi}"
@@ -175,7 +59,7 @@ def _figure_legend(fig, handles, labels) -> None:
 
 def plot_accuracy_curves(records, out_dir: Path, plt) -> list[Path]:
     """Accuracy on the test data seen so far (%) after each step, one figure ``accuracy_<stream>`` per stream, one
-    line per variant (mean ± population std over seeds); records without an accuracy matrix (failed) are left out."""
+    line per variant (mean ± sample std over seeds); records without an accuracy matrix (failed) are left out."""
     curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if has_matrix(r):
@@ -186,7 +70,7 @@ def plot_accuracy_curves(records, out_dir: Path, plt) -> list[Path]:
         for variant, runs in by_variant.items():
             runs = np.array(runs) * 100
             steps = np.arange(1, runs.shape[1] + 1)
-            mean, std = runs.mean(0), runs.std(0)
+            mean, std = runs.mean(0), runs.std(0, ddof=1) if len(runs) > 1 else np.zeros(runs.shape[1])  # sample std, as the leaderboard
             ax.plot(steps, mean, marker="o", label=f"{variant} (n={len(runs)})")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
         ax.set(xlabel="step", ylabel="accuracy on test data seen so far (%)", title=stream)
@@ -236,9 +120,8 @@ def plot_buffer_sweep(records, out_dir: Path, plt) -> list[Path]:
                 continue
             xs = sorted(by_x)
             for ax, metric in zip(axes, ("last", "forgetting")):
-                vals = [[_metric(r, metric) for r in by_x[x]] for x in xs]
-                mean = [100 * np.mean([v for v in vs if v is not None]) if any(v is not None for v in vs) else np.nan for vs in vals]
-                std = [100 * np.std([v for v in vs if v is not None]) if any(v is not None for v in vs) else np.nan for vs in vals]
+                stats = [mean_std([metric_of(r, metric) for r in by_x[x]]) for x in xs]
+                mean, std = [100 * m for m, _ in stats], [100 * d for _, d in stats]
                 line = ax.errorbar(xs, mean, yerr=std, capsize=3, **_style(i))
             handles.append(line)
             labels.append(f"{label} ({_n_label([len(by_x[x]) for x in xs])})")
@@ -289,7 +172,7 @@ def plot_mechanism(records, out_dir: Path, plt) -> list[Path]:
             xs = sorted(by_x)
             style = _style(i)
             for ax, (metric, _) in zip(axes, MECHANISM_METRICS):
-                stats = [mean_std([_metric(r, metric) for r in by_x[x]]) for x in xs]
+                stats = [mean_std([metric_of(r, metric) for r in by_x[x]]) for x in xs]
                 keep = [k for k, (m, _) in enumerate(stats) if m == m]
                 x = np.array(xs, dtype=float)[keep]
                 mean = np.array([stats[k][0] for k in keep]) * 100
@@ -302,7 +185,7 @@ def plot_mechanism(records, out_dir: Path, plt) -> list[Path]:
             color = _style(len(points) + j)["color"]
             drawn = None
             for ax, (metric, _) in zip(axes, MECHANISM_METRICS):
-                mean, std = mean_std([_metric(r, metric) for r in rs])
+                mean, std = mean_std([metric_of(r, metric) for r in rs])
                 if mean != mean:
                     continue
                 drawn = ax.axhline(100 * mean, color=color, linestyle="--", linewidth=1.2)

@@ -62,7 +62,7 @@ def _step_figures(records) -> list[dict]:
             runs = np.array(runs, dtype=float) * 100
             steps = list(range(1, runs.shape[1] + 1))
             data.append({"type": "scatter", "mode": "lines+markers", **_named(f"{variant} (n={len(runs)})"), "x": steps,
-                         "y": _clean(runs.mean(0)), "error_y": {"type": "data", "array": _clean(runs.std(0)), "visible": True, "thickness": 1}, **_marker(i),
+                         "y": _clean(runs.mean(0)), "error_y": {"type": "data", "array": _clean(runs.std(0, ddof=1) if len(runs) > 1 else 0 * runs[0]), "visible": True, "thickness": 1}, **_marker(i),
                          "hovertemplate": "step %{x}: %{y:.1f}%<extra>%{meta}</extra>"})
         figs.append({"title": stream, "data": data, "layout": {
             "title": {"text": _p(stream)}, "xaxis": {"title": {"text": "step"}, "dtick": 1},

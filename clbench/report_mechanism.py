@@ -3,7 +3,7 @@ forgetting, and one cell's drift matrices and contrastive-objective summary.
 
 - **Sweep**, per stream where some line has two buffer settings or more: last accuracy, forgetting and
   (where any record has it) drift, against the buffer setting, one line per method variant with its
-  buffer setting removed (plots.buffer_lines; x as plots.sweep_x), mean ± std over seeds; records of the
+  buffer setting removed (sweep_lines.buffer_lines; x as sweep_lines.sweep_x), mean ± std over seeds; records of the
   stream without a buffer (finetune, zeroshot) as dashed horizontal lines at their mean.
 - **One cell**: ``drift`` (its ``since_learned`` and ``since_initial`` matrices) and the per-experience
   summary of ``contrast`` (steps, old_class_mass, negatives_old, negatives_new; the per-class detail is
@@ -17,15 +17,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from .plots import buffer_amount, buffer_lines, mean_std, sweep_x
+from .sweep_lines import buffer_amount, buffer_lines, mean_std, metric_of, sweep_x
 
 SWEEP_METRICS = (("last", "last accuracy (%)"), ("forgetting", "forgetting (%)"), ("drift", "drift (×100, 1 − cosine)"))
 CONTRAST_KEYS = ("experience", "steps", "old_class_mass", "negatives_old", "negatives_new")
-
-
-def _value(record: dict, metric: str):
-    v = (record.get("metrics") or {}).get(metric)
-    return None if v is None or v != v else float(v)
 
 
 def _clean(values):
@@ -37,7 +32,7 @@ def sweep_figures(records, p, named, marker) -> list[dict]:
 
     ``p``, ``named`` and ``marker`` are report_html's string escaping, trace naming and trace style.
     Panels: last accuracy, forgetting, and drift when some record of the stream has it (every metric
-    ×100); mean ± population std over the seeds at each x, as the PNG sweep (plots.plot_buffer_sweep).
+    ×100); mean ± sample std over the seeds at each x, as the PNG sweep (plots.plot_buffer_sweep).
     """
     figs = []
     for stream, lines in buffer_lines(records).items():
@@ -51,15 +46,15 @@ def sweep_figures(records, p, named, marker) -> list[dict]:
         if max((len(by_x) for by_x in points.values()), default=0) < 2:
             continue  # one buffer size: nothing to sweep
         present = [r for rs in lines.values() for r in rs]
-        metrics = [(m, t) for m, t in SWEEP_METRICS if m != "drift" or any(_value(r, m) is not None for r in present)]
+        metrics = [(m, t) for m, t in SWEEP_METRICS if m != "drift" or any(metric_of(r, m) is not None for r in present)]
         data = []
         for i, (label, by_x) in enumerate(points.items()):
             xs = sorted(by_x)
             for k, (metric, _) in enumerate(metrics):
-                vals = [[v for v in (_value(r, metric) for r in by_x[x]) if v is not None] for x in xs]
+                vals = [[v for v in (metric_of(r, metric) for r in by_x[x]) if v is not None] for x in xs]
                 data.append({"type": "scatter", "mode": "lines+markers", **named(label), "legendgroup": p(label), "showlegend": k == 0,
                              "x": xs, "y": _clean([100 * np.mean(v) if v else None for v in vals]),
-                             "error_y": {"type": "data", "array": _clean([100 * np.std(v) if v else None for v in vals])},
+                             "error_y": {"type": "data", "array": _clean([100 * mean_std(v)[1] if v else None for v in vals])},
                              "customdata": [len(v) for v in vals], "xaxis": f"x{k + 1 if k else ''}", "yaxis": f"y{k + 1 if k else ''}",
                              **marker(i), "hovertemplate": f"%{{x}}: %{{y:.1f}} {metric} (n=%{{customdata}})<extra>%{{meta}}</extra>"})
         ticks = sorted({x for by_x in points.values() for x in by_x})
@@ -70,7 +65,7 @@ def sweep_figures(records, p, named, marker) -> list[dict]:
         for j, (variant, rs) in enumerate(baselines.items()):
             style = marker(len(points) + j)
             for k, (metric, _) in enumerate(metrics):
-                mean, std = mean_std([_value(r, metric) for r in rs])
+                mean, std = mean_std([metric_of(r, metric) for r in rs])
                 if mean != mean:
                     continue
                 data.append({"type": "scatter", "mode": "lines", **named(f"{variant} (no buffer)"), "legendgroup": p(variant),

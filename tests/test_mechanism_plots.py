@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from clbench import plots
+from clbench import plots, sweep_lines
 from clbench.api import write_report
 from clbench.metrics import METRICS
 from clbench.results import RESULTS_VERSION
@@ -85,13 +85,13 @@ def keep():
     ("er (buffer.size=8", "er (buffer.size=8"),  # unbalanced: as it is
 ])
 def test_without_buffer(label, expected):
-    assert plots.without_buffer(label) == expected
+    assert sweep_lines.without_buffer(label) == expected
 
 
 def test_mean_std_is_the_sample_std():
-    assert plots.mean_std([0.2, 0.4]) == pytest.approx((0.3, math.sqrt(0.02)))
-    assert plots.mean_std([0.5, None]) == (0.5, 0.0)
-    assert all(math.isnan(v) for v in plots.mean_std([None]))
+    assert sweep_lines.mean_std([0.2, 0.4]) == pytest.approx((0.3, math.sqrt(0.02)))
+    assert sweep_lines.mean_std([0.5, None]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in sweep_lines.mean_std([None]))
 
 
 def test_mechanism_figure_needs_two_memory_sizes(tmp_path):
