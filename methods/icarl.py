@@ -89,11 +89,11 @@ class ICaRL(ReplayMethod):
             for c in labels.unique().tolist():
                 self.prototypes[c] = torch.nn.functional.normalize(feats[labels == c].mean(0), dim=0)
 
-    def predict(self, images, classes):
-        """Cosine to each class's prototype (B, len(classes)); −inf for a class without exemplars."""
+    def predict_features(self, features, classes):
+        """Cosine of L2-normalised image features (B, D) to each class's prototype (B, len(classes)); −inf for a
+        class without exemplars. Scoring features lets evaluation reuse each test set's features once per step."""
         if not self.prototypes:
             raise RuntimeError("icarl has no exemplars to build prototypes from; give it a buffer")
-        features = self.learner.encode_images(images)
         dim = next(iter(self.prototypes.values())).shape
         missing = torch.full(dim, float("nan"), device=features.device)
         protos = torch.stack([self.prototypes.get(c, missing) for c in classes])

@@ -47,9 +47,8 @@ def test_distillation_defaults_to_pycils_scale_and_t_squared_multiplies_its_grad
 
 
 def test_nearest_mean_scores_prototypes_and_never_predicts_a_class_without_exemplars():
-    learner = SimpleNamespace(encode_images=lambda x: F.normalize(x, dim=1))
-    method = SimpleNamespace(learner=learner, prototypes={3: torch.tensor([1.0, 0.0]), 5: torch.tensor([0.0, 1.0])})
-    scores = ICaRL.predict(method, torch.tensor([[2.0, 1.0], [0.0, 3.0]]), [5, 7, 3])
+    method = SimpleNamespace(prototypes={3: torch.tensor([1.0, 0.0]), 5: torch.tensor([0.0, 1.0])})
+    scores = ICaRL.predict_features(method, F.normalize(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), dim=1), [5, 7, 3])
     assert scores[:, 1].tolist() == [float("-inf")] * 2
     assert scores[0, 2].item() == pytest.approx(2 / math.sqrt(5)) and scores[1, 0].item() == pytest.approx(1.0)
     assert scores.argmax(1).tolist() == [2, 0]
