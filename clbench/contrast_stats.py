@@ -9,9 +9,10 @@ against which class prompts. Per step and class c:
 - **negatives**: the number of the step's images of other classes whose
   score against c's prompt entered the loss: B − n_c when c's prompt is in
   the step's label space (batch-local contrastive loss: only the batch's
-  classes; ``ce`` and gcl_replay: every seen class), else 0. Each call adds
-  its own count, so a method scoring two batches in one step counts both.
-- **images**: n_c, the step's images of class c.
+  classes; ``ce`` and gcl_replay: every seen class), else 0. A step that
+  calls the losses more than once (gdumb's CutMix scores one batch against
+  two label sets) counts, per class, its largest call, never a sum.
+- **images**: n_c, the step's images of class c (largest call likewise).
 - **anchor mass**: c's share of the objective's weight over its anchors,
   with the weights as constants: for the symmetric contrastive loss
   (mean of image terms + mean of text terms) / 2, (n_c / B + 1 / C) / 2 for
@@ -26,7 +27,8 @@ steps it was scored in, and the mean over steps of the **old-class weight
 mass**: the share of the step's anchor mass on classes seen before the
 experience and not taught by it (none in a domain-incremental stream, where
 the value is null). Everything is summed on the device; one host sync per
-experience reads the sums.
+experience reads the sums. Class ids outside the stream's dataset (a plugin scoring another
+dataset's classes) are not counted.
 """
 from __future__ import annotations
 
@@ -73,12 +75,14 @@ class ContrastStats:
         self.num_classes, self.device = num_classes, device
         zeros = lambda: torch.zeros(num_classes, device=device)  # noqa: E731
         self.negatives, self.images, self.scored = zeros(), zeros(), zeros()
+        self.step_negatives, self.step_images, self.step_scored = zeros(), zeros(), zeros()  # this step's, max over calls
         self.step_mass, self.override = zeros(), None
         self.old = torch.zeros(num_classes, dtype=torch.bool, device=device)
         self.old_mass = torch.zeros((), device=device)
         self.steps = 0  # steps in which something was noted (host-side count)
         self.noted = False
         self.history: list[Optional[dict]] = []
+        self.complete = True  # False after resuming from a checkpoint that kept no statistics
 
     def begin_experience(self, old_classes: list[int]) -> None:
         """Start a fresh sum for an experience whose old classes are ``old_classes``."""
@@ -94,7 +98,8 @@ class ContrastStats:
     @contextlib.contextmanager
     def step(self):
         """The span of one training step: notes made inside it count for this step."""
-        self.step_mass.zero_()
+        for t in (self.step_mass, self.step_negatives, self.step_images, self.step_scored):
+            t.zero_()
         self.override, self.noted = None, False
         token = _active.set(self)
         try:
@@ -104,24 +109,36 @@ class ContrastStats:
         if self.noted:
             mass = self.step_mass if self.override is None else self.override
             self.old_mass += (mass * self.old).sum() / mass.sum().clamp(min=torch.finfo(mass.dtype).tiny)
+            self.negatives += self.step_negatives
+            self.images += self.step_images
+            self.scored += self.step_scored
             self.steps += 1
 
     def add(self, labels, prompts, symmetric: bool) -> None:
         labels, prompts = labels.detach().to(self.device), prompts.detach().to(self.device)
         B, C = len(labels), len(prompts)
         n = (prompts[:, None] == labels[None, :]).sum(1).float()  # (C,) images of each prompt's class
-        self.negatives.index_add_(0, prompts, B - n)
-        self.images.index_add_(0, prompts, n)
-        self.scored.index_add_(0, prompts, torch.ones_like(n))
-        self.step_mass.index_add_(0, prompts, (n / B + 1 / C) / 2 if symmetric else n / B)
+        known = (prompts >= 0) & (prompts < self.num_classes)  # masked, not filtered: no host sync
+        index, keep = torch.where(known, prompts, 0), known.float()
+
+        def dense(values):
+            return torch.zeros(self.num_classes, device=self.device).index_add_(0, index, values * keep)
+
+        torch.maximum(self.step_negatives, dense(B - n), out=self.step_negatives)
+        torch.maximum(self.step_images, dense(n), out=self.step_images)
+        torch.maximum(self.step_scored, dense(torch.ones_like(n)), out=self.step_scored)
+        self.step_mass += dense((n / B + 1 / C) / 2 if symmetric else n / B)
         self.noted = True
 
     def set_mass(self, classes, mass) -> None:
+        classes = classes.detach().to(self.device)
+        known = (classes >= 0) & (classes < self.num_classes)
         override = torch.zeros(self.num_classes, device=self.device)
-        self.override = override.index_add_(0, classes.detach().to(self.device), mass.detach().float().to(self.device))
+        self.override = override.index_add_(0, torch.where(known, classes, 0), mass.detach().float().to(self.device) * known)
 
     def end_experience(self, index: int) -> Optional[dict]:
-        """The experience's summary (appended to ``history``), or None when nothing was noted (one host sync)."""
+        """The experience's summary (appended to ``history``), or None when nothing was noted (reads the sums
+        from the device once per experience)."""
         if not self.steps:
             self.history.append(None)
             return None
@@ -149,10 +166,15 @@ class ContrastStats:
 
     def record(self) -> Optional[list]:
         """The record's ``contrast`` entry: one summary per experience, or None when no step was noted."""
+        if not self.complete:
+            return None
         return self.history if any(h is not None for h in self.history) else None
 
     def state_dict(self) -> dict:
         return {"history": self.history}
 
     def load_state_dict(self, state: Optional[dict]) -> None:
+        """Restore :meth:`state_dict`'s output; ``None`` (a checkpoint from before these statistics were kept)
+        makes the record's ``contrast`` null rather than a list missing its first experiences."""
         self.history = list(state["history"]) if state else []
+        self.complete = state is not None

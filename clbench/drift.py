@@ -70,7 +70,7 @@ class DriftTracker:
         now = [features_of(j) for j in range(t + 1)]
         self.learned[t] = now[t]
         pad = [None] * (self.T - t - 1)
-        self.since_learned.append([mean_cosine(now[j], self.learned[j]) for j in range(t + 1)] + pad)
+        self.since_learned.append([mean_cosine(now[j], self.learned[j]) for j in range(t)] + [1.0] + pad)
         self.since_initial.append([mean_cosine(now[j], self.initial[j]) for j in range(t + 1)] + pad)
         self.seconds += time.perf_counter() - began
 
@@ -81,20 +81,33 @@ class DriftTracker:
         return {"since_learned": self.since_learned, "since_initial": self.since_initial,
                 "features": "shared image tower (Learner.image_features), test images, mean cosine similarity"}
 
-    def state_dict(self) -> dict:
-        """What resume needs: the rows so far and the reference features (CPU tensors)."""
-        keep = lambda ts: [None if x is None else x.detach().cpu() for x in ts]  # noqa: E731
-        return {"initial": keep(self.initial), "learned": keep(self.learned), "since_learned": self.since_learned,
-                "since_initial": self.since_initial, "seconds": self.seconds, "complete": self.complete}
+    def state_dict(self, keep_features: bool = True) -> dict:
+        """What resume needs: the rows so far and the reference features (CPU tensors).
 
-    def load_state_dict(self, state: Optional[dict], device) -> None:
+        ``keep_features=False`` (the image tower is still as built, so every reference equals the current
+        features) leaves the features out, and :meth:`load_state_dict` computes them again: a checkpoint of
+        a frozen-tower cell stays small. Otherwise the checkpoint holds two copies of the test sets' features.
+        """
+        keep = lambda ts: [None if x is None else x.detach().cpu() for x in ts]  # noqa: E731
+        return {"initial": keep(self.initial) if keep_features else None, "learned": keep(self.learned) if keep_features else None,
+                "since_learned": self.since_learned, "since_initial": self.since_initial, "seconds": self.seconds,
+                "complete": self.complete}
+
+    def load_state_dict(self, state: Optional[dict], device, features_of: Optional[FeaturesOf] = None) -> None:
         """Restore :meth:`state_dict`'s output; ``None`` (a checkpoint from before drift was kept) makes
-        this cell's drift unavailable (its record's ``drift`` is null) rather than wrong."""
+        this cell's drift unavailable (its record's ``drift`` is null) rather than wrong. A state saved
+        without features takes them from ``features_of`` (the restored model, whose image tower is as built)."""
         if state is None:
             self.complete = False
             return
-        move = lambda ts: [None if x is None else x.to(device) for x in ts]  # noqa: E731
-        self.initial, self.learned = move(state["initial"]), move(state["learned"])
         self.since_learned = [list(r) for r in state["since_learned"]]
         self.since_initial = [list(r) for r in state["since_initial"]]
         self.seconds, self.complete = state["seconds"], state["complete"]
+        if state["initial"] is None:
+            if features_of is None:
+                raise ValueError("this drift state holds no features: pass features_of to compute them again")
+            self.initial = [features_of(j) for j in range(self.T)]
+            self.learned = [self.initial[j] if j < len(self.since_learned) else None for j in range(self.T)]
+            return
+        move = lambda ts: [None if x is None else x.to(device) for x in ts]  # noqa: E731
+        self.initial, self.learned = move(state["initial"]), move(state["learned"])

@@ -34,7 +34,7 @@ DEFINITIONS = {
     "mtil_avg": "MTIL's Avg: mean over test sets of their accuracy averaged over every step",
     "mtil_last": "MTIL's Last: mean over test sets of their final accuracy",
     "drift": "mean over old experiences of 1 − the cosine similarity of their test images' features now and just after "
-             "they were learned",
+             "they were learned (×100, not a percentage)",
 }
 SIGNIFICANCE = 0.05
 

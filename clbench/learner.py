@@ -280,6 +280,11 @@ class Learner(Encoders):
         self._weights_version += 1
         self.model_changed = True
 
+    @property
+    def image_tower_changed(self) -> bool:
+        """Whether the image tower's weights changed since the model was built (its features are then not the initial ones)."""
+        return self._weights_version > 0
+
     def _text_changed(self) -> None:
         self._text_cache.clear()
         self._text_version += 1

@@ -148,7 +148,7 @@ def plot_mechanism(records, out_dir: Path, plt) -> list[Path]:
     the stream without a buffer setting (finetune, zeroshot) are a dashed horizontal line at their mean,
     a light ± sample-std band, labelled with their variant. A record whose metric is None (an older
     record without drift, one step) is left out of that panel. Only streams where some line has two
-    memory sizes or more get a figure. Returns the files written (PNG and PDF).
+    memory sizes or more, and some record with drift, get a figure. Returns the files written (PNG and PDF).
     """
     paths = []
     for stream, lines in sorted(buffer_lines(records).items()):
@@ -160,6 +160,8 @@ def plot_mechanism(records, out_dir: Path, plt) -> list[Path]:
         points = {label: by_x for label, by_x in points.items() if by_x}
         if max((len(p) for p in points.values()), default=0) < 2:
             continue
+        if not any(metric_of(r, "drift") is not None for by_x in points.values() for rs in by_x.values() for r in rs):
+            continue  # records from before drift was measured: the buffer figure already shows forgetting
         baselines = defaultdict(list)
         for r in records:
             if r["stream"] == stream and not buffer_amount(r):

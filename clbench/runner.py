@@ -153,7 +153,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                     learner.model.load_state_dict(saved["model"])
                 method.load_state_dict(saved["method"])
                 learner.load_state_dict(saved["learner"])
-                drift.load_state_dict(saved.get("drift"), learner.device)
+                drift.load_state_dict(saved.get("drift"), learner.device, features_of)
                 set_rng_state(saved["rng"])
             except Exception as exc:  # a checkpoint this code cannot restore must not block the cell forever
                 aside = checkpoint.set_aside() if main else checkpoint.path
@@ -188,7 +188,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                 state = {  # built on every rank (a method's state_dict may sum over ranks), written by rank 0
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
                     "model": learner.model.state_dict() if learner.model_changed else None, "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
-                    "drift": drift.state_dict(),
+                    "drift": drift.state_dict(keep_features=learner.image_tower_changed),
                 }
                 if main:
                     checkpoint.save(state)

@@ -121,3 +121,49 @@ def test_the_shared_losses_note_their_contrast(fn, symmetric):
     with by_hand.step():
         note_contrast(labels, classes, symmetric=symmetric)
     assert stats.end_experience(1) == by_hand.end_experience(1)
+
+
+def test_a_step_that_calls_the_loss_twice_counts_its_largest_call():
+    stats = _stats(old=[0])
+    with stats.step():  # CutMix: one batch of B = 4 scored against two label sets
+        note_contrast(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2]), symmetric=True)
+        note_contrast(torch.tensor([1, 1, 1, 2]), torch.tensor([1, 2]), symmetric=True)
+    by_class = stats.end_experience(1)["classes"]
+    # class 1: negatives max(2, 1) = 2, images max(2, 3) = 3; class 0 only in the first call: 3 negatives, 1 image
+    assert {c: (v["negatives"], v["images"], v["steps_scored"]) for c, v in by_class.items()} == {
+        "0": (3.0, 1.0, 1), "1": (2.0, 3.0, 1), "2": (3.0, 1.0, 1)}
+
+
+def test_class_ids_outside_the_dataset_are_not_counted():
+    stats = _stats(old=[0])  # 6 classes
+    with stats.step():
+        note_contrast(torch.tensor([0, 7]), torch.tensor([0, 7]), symmetric=True)  # 7: another dataset's class
+        note_class_mass(torch.tensor([0, 7]), torch.tensor([1.0, 5.0]))
+    summary = stats.end_experience(1)
+    assert set(summary["classes"]) == {"0"} and summary["classes"]["0"]["negatives"] == 1.0
+    assert summary["old_class_mass"] == pytest.approx(1.0)  # the unknown class's mass is dropped too
+
+
+def test_resuming_without_statistics_leaves_contrast_null():
+    stats = _stats(old=[])
+    stats.load_state_dict(None)  # a checkpoint written before these statistics were kept
+    stats.begin_experience([0])
+    with stats.step():
+        note_contrast(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    stats.end_experience(1)
+    assert stats.record() is None  # never a list missing its first experiences
+
+
+def test_a_frozen_tower_checkpoint_keeps_no_features_and_resumes_equal():
+    tracker = DriftTracker(3)
+    tracker.start(_features(INIT))
+    tracker.step(0, _features(INIT))
+    state = tracker.state_dict(keep_features=False)  # the tower is as built: every reference is the current feature
+    assert state["initial"] is None and state["learned"] is None
+    resumed = DriftTracker(3)
+    resumed.load_state_dict(state, "cpu", _features(INIT))
+    for tr in (tracker, resumed):
+        tr.step(1, _features(FEATURES[1]))
+    assert resumed.record() == tracker.record()
+    with pytest.raises(ValueError, match="features_of"):
+        DriftTracker(3).load_state_dict(state, "cpu")

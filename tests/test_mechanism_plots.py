@@ -102,6 +102,9 @@ def test_mechanism_figure_needs_two_memory_sizes(tmp_path):
     names = {p.name for p in plots.plot_all(two, tmp_path / "two", heatmaps=False)}
     assert {"mechanism_s.png", "mechanism_s.pdf", "buffer_s.png", "buffer_s.pdf"} <= names
     assert (tmp_path / "two" / "mechanism_s.pdf").read_bytes()[:4] == b"%PDF"
+    older = [dro("kl", size, seed=s, drift=None) for size in (1, 2) for s in (0, 1)]  # records from before drift
+    names = {p.name for p in plots.plot_all(older, tmp_path / "older", heatmaps=False)}
+    assert "buffer_s.png" in names and not any(n.startswith("mechanism_") for n in names)
 
 
 def test_mechanism_figure_lines_bands_and_baseline(tmp_path, keep):
