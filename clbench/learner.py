@@ -38,7 +38,7 @@ PredictFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 #: the Learner's surface for methods (attributes and methods); the snapshot's is ``FrozenModel.METHOD_API``
 METHOD_API = ("device", "seed", "stream", "dataset", "train_config", "encode_images", "encode_texts", "class_features",
               "logit_scale", "zero_shot_logits", "freeze", "weights", "trainable_parameters", "weights_changed", "fit",
-              "features", "snapshot", "preprocess", "image_tower", "image_size")
+              "features", "snapshot", "preprocess", "image_tower", "image_size", "autocast")
 TOWERS = ("text", "image")
 
 
@@ -242,6 +242,8 @@ class Learner(Encoders):
         return torch.float16 if amp == "fp16" else torch.bfloat16
 
     def autocast(self):
+        """A context manager for the cell's mixed precision (``train.amp``; a no-op without it): what ``fit`` wraps
+        every ``loss_fn`` call in, for a method's own passes outside ``fit``."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)

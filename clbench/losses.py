@@ -1,4 +1,5 @@
-"""CLIP objectives on features, reusable by any method (the built-in methods' own objective is in clbench_methods.objective).
+"""CLIP objectives on features, reusable by any method (finetune's objective on a Batch, built on these, is
+``clbench_methods.objective``, installed with clbench; docs/writing_methods.md section 3.1).
 
 All take L2-normalised image features (B, D), the batch's global labels (B,),
 text features of a class list (C, D) with those classes' global ids (C,), and
