@@ -9,7 +9,9 @@
 
 The command line (clbench/cli.py) only parses its arguments, calls these and
 prints. Bad input raises ``clbench.errors.UserError`` with a one-line message
-naming the file and key; nothing is run or written before the input is checked.
+naming the file and key; nothing is run or written before the input is checked,
+and that includes what a run writes at its end (the leaderboard's files, the
+report, the figures, the loggers).
 Importing this module imports neither torch nor open_clip: only a cell that
 actually runs builds a model.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence, Union
 
 from .errors import UserError
+from .param_info import ParamInfo, params_of, settings_model
+from .run_end import logger_in, check_outputs, reference_of_run, start_run, write_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .leaderboard import Leaderboard
@@ -30,8 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["RunSummary", "PluginInfo", "run_suite", "validate_suite", "leaderboard", "write_plots", "write_report", "read_record",
-           "list_plugins", "records_of"]
+__all__ = ["RunSummary", "PluginInfo", "ParamInfo", "run_suite", "validate_suite", "leaderboard", "write_plots", "write_report",
+           "read_record", "list_plugins", "plugin_params", "records_of"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class RunSummary:
     - ``leaderboard``: built from ``records`` (None on a dry run or when no record is done);
       ``leaderboard_paths`` / ``plot_paths``: the files written (the suite's ``report.formats``, ``report.html``
       (``report.html`` in the results folder) and ``report.plots``).
+    - ``warnings``: one line each, e.g. a ``report.reference`` that names no row of this run's leaderboard (``only``
+      left its cells out), so the leaderboard is written without paired differences.
+    - ``errors``: one line each for an output of the run's end that could not be written (a full disk) or a
+      logger that failed to close; every other output and every record is written all the same.
     """
 
     suite: "Suite"
@@ -64,6 +72,8 @@ class RunSummary:
     leaderboard: "Leaderboard | None" = None
     leaderboard_paths: tuple[Path, ...] = ()
     plot_paths: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
 
     @property
     def skipped(self) -> int:
@@ -72,8 +82,8 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        """True when no cell of the suite is failed (``clbench run`` then exits 0, else 1)."""
-        return not (self.failed_now or self.failed)
+        """True when no cell of the suite is failed and every output was written (``clbench run`` then exits 0, else 1)."""
+        return not (self.failed_now or self.failed or self.errors)
 
 
 @dataclass(frozen=True)
@@ -135,9 +145,14 @@ def run_suite(suite_file: PathLike, results: PathLike | None = None, *, executor
     - ``progress``: print the run's header line and per-cell progress on stderr, as ``clbench run`` does.
 
     Returns a :class:`RunSummary`; a cell that fails does not raise (its record says failed,
-    ``summary.ok`` is False). A suite with nothing left to do builds no model.
-    Raises ``UserError`` for a bad suite, an unknown executor, ``only`` matching no cell, or a
-    problem found when a cell starts (a missing dataset); ``KeyboardInterrupt`` passes through
+    ``summary.ok`` is False), nor does an output of the run's end that cannot be written
+    (``summary.errors``; the records and the other outputs are written). A suite with nothing
+    left to do builds no model, and writes the outputs again.
+    Raises ``UserError`` before any cell for a bad suite, an unknown executor, ``only`` matching
+    no cell, an output the run's end could not write (a ``leaderboard.csv`` that is a folder, a
+    read-only results folder) or a logger that cannot start; and for a problem found when a cell
+    starts (a missing dataset). A ``report.reference`` whose cells are neither selected nor done
+    is dropped with a warning (``summary.warnings``). ``KeyboardInterrupt`` passes through
     (finished cells and the running cell's last checkpoint are kept).
     """
     only = (only,) if isinstance(only, str) else tuple(only)
@@ -186,37 +201,52 @@ def _run_suite(suite_file, results, executor, workers, only, retry_failed, keep_
         options = executor_cls.Options()
     results_dir = Path(results) if results is not None else Path("results") / suite.name
     store = ResultStore(results_dir)
+    # everything the run's end writes, checked before any cell (and on a dry run, which previews the run)
+    check_outputs(suite, suite_file, results_dir)
     cells = _select(suite.cells, only)
     if not cells:
         raise UserError(f"--only: no cell of {suite_file} matches {', '.join(only)}")
     status = {c.cell_id: store.status(c.cell_id) for c in cells}
     todo = [c for c in cells if status[c.cell_id] != "done" and (retry_failed or status[c.cell_id] != "failed")]
+    reference, warnings = reference_of_run(suite, suite_file, store, todo, only)
+    if progress:
+        for line in warnings:
+            _stderr(f"warning: {line}")
     planned = dict(suite=suite, results_dir=results_dir, cells=tuple(cells), status=status, todo=tuple(todo))
     if dry_run:
-        return RunSummary(**planned, dry_run=True)
+        return RunSummary(**planned, dry_run=True, warnings=tuple(warnings))
     runner = executor_cls(options, workers=workers)
+    start_run(plugins, suite, suite_file, results_dir, todo)  # builds the suite's loggers: one that cannot start stops here
     if progress:
         _stderr(f"suite {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} already in {results_dir}, {len(todo)} to run"
                 + (f" ({executor_name} executor)" if executor_name != "local" else ""))
-    failed_now, elsewhere = _run_cells(todo, len(cells) - len(todo), suite, suite_file, results_dir, store, plugins, runner,
-                                       progress, retry_failed, keep_checkpoints)
+    failed_now, elsewhere, errors = _run_cells(todo, len(cells) - len(todo), suite, suite_file, results_dir, store, plugins,
+                                               runner, progress, retry_failed, keep_checkpoints)
     ids = {c.cell_id for c in suite.cells}
     records = [r for r in store.records() if r.get("cell_id") in ids]
-    board, paths, plots = _report(records, suite, store, results_dir)
+    board, paths, plots, end_warnings, end_errors = write_outputs(records, suite, suite_file, store, results_dir, reference)
+    if progress:
+        for line in end_warnings:
+            _stderr(f"warning: {line}")
     return RunSummary(**planned, done=len(todo) - failed_now - elsewhere, failed_now=failed_now, elsewhere=elsewhere,
                       records=tuple(records), failed=sum(r.get("status") == "failed" for r in records),
-                      leaderboard=board, leaderboard_paths=tuple(paths), plot_paths=tuple(plots))
+                      leaderboard=board, leaderboard_paths=tuple(paths), plot_paths=tuple(plots),
+                      warnings=tuple(warnings + end_warnings), errors=tuple(errors + end_errors))
 
 
 def _run_cells(todo, skipped, suite, suite_file, results_dir, store, plugins, runner, progress, retry_failed,
-               keep_checkpoints) -> tuple[int, int]:
-    """Run ``todo`` through ``runner`` with the run's events and progress; (failed, taken elsewhere)."""
+               keep_checkpoints) -> tuple[int, int, list[str]]:
+    """Run ``todo`` through ``runner`` with the run's events and progress; (failed, taken elsewhere, end errors).
+
+    ``clbench_run_start`` has fired (``_start_run``); an error of ``clbench_run_end`` (a logger that fails
+    to close) is returned as one line, so the leaderboard is written all the same.
+    """
     import io
 
+    from .errors import brief
     from .grid import GridRun
     from .progress import GridProgress
 
-    plugins.run_start(suite=suite, results_dir=results_dir, cells=todo)
     shown = GridProgress(len(todo)) if progress else GridProgress(len(todo), stream=io.StringIO())
     with shown:
         grid = GridRun(todo, suite_file=suite_file, results_dir=results_dir, store=store, plugins=plugins,
@@ -225,29 +255,13 @@ def _run_cells(todo, skipped, suite, suite_file, results_dir, store, plugins, ru
             runner.run(grid)
     summary = {"done": len(todo) - grid.failed - grid.elsewhere, "failed": grid.failed, "skipped": skipped,
                "elsewhere": grid.elsewhere}
-    plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
-    return grid.failed, grid.elsewhere
-
-
-def _report(records, suite, store, results_dir):
-    """The suite's leaderboard from ``records``, written in its formats, and its figures when asked for."""
-    from .leaderboard import Leaderboard, write_leaderboard
-
-    board = Leaderboard.from_records(records, suite.report.metrics, source=str(store.records_dir),
-                                     order=[c.cell_id for c in suite.cells], reference=suite.report.reference)
-    if not board.n_records:
-        return None, [], []
-    paths = write_leaderboard(board, results_dir, suite.report.formats)
-    if suite.report.html:
-        from .report_html import write_report as write_page
-
-        paths.append(write_page({results_dir: records}, board, results_dir / "report.html"))
-    plots = []
-    if suite.report.plots:
-        from .plots import plot_all
-
-        plots = plot_all(records, results_dir / "plots")
-    return board, paths, plots
+    try:
+        plugins.run_end(suite=suite, results_dir=results_dir, summary=summary)
+    except Exception as exc:
+        name = logger_in(exc)
+        what = f"{suite_file}: loggers: logger '{name}' failed to close" if name else "a clbench_run_end hook failed"
+        return grid.failed, grid.elsewhere, [f"{what}: {brief(exc)}"]
+    return grid.failed, grid.elsewhere, []
 
 
 def _dirs(results_dirs) -> list[Path]:
@@ -382,4 +396,22 @@ def list_plugins(kind: str, *, plugins: "Plugins | None" = None) -> list[PluginI
         doc = (getattr(entry.obj, "__doc__", None) or sys.modules[entry.obj.__module__].__doc__ or "").strip().splitlines()
         out.append(PluginInfo(entry.name, entry.origin, doc[0] if doc else "", entry.obj))
     return out
+
+
+def plugin_params(kind: str, name: str, *, plugins: "Plugins | None" = None) -> list[ParamInfo]:
+    """The parameters of the plugin ``name`` of ``kind`` (``methods``, ``datasets``, ``executors``, ``loggers``), in order.
+
+    What a suite may set under the plugin's entry, each with its type, default, allowed range and
+    description (:class:`ParamInfo`); [] for a plugin without settings (loggers take none). Nothing
+    but the plugin's module is imported (no torch). Raises ``UserError`` for an unknown kind, or an
+    unknown name (with a did-you-mean and the registered names).
+    """
+    from .registry import unknown_line
+
+    found = {p.name: p for p in list_plugins(kind, plugins=plugins)}
+    if name not in found:
+        raise UserError(unknown_line(kind.removesuffix("s"), name, found))
+    model = settings_model(kind, found[name].obj)
+    return params_of(model) if model is not None else []
+
 

@@ -6,19 +6,24 @@ prototypes, …), the Learner's data-order generator and cost counters, the
 global RNG states, and the accuracy-matrix rows so far. The optimizer, its
 schedule and the AMP scaler are rebuilt at the start of every experience by
 the Learner, so an experience boundary holds none of their state. Files are
-written atomically and read with ``torch.load(weights_only=True)``; an
-unreadable checkpoint is moved aside and the cell starts over.
+written atomically and read with ``torch.load(weights_only=True)``; a file
+torch cannot read (truncated, from another format, holding types that loader
+refuses) is moved aside with a warning on stderr and the cell starts over. A
+method's state is checked before it is saved (clbench/state_check.py), so this
+code never writes a checkpoint it cannot read back.
 """
 from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
 import lazy_loader as lazy
 import numpy as np
 
+from .errors import brief
 from .results import atomic_write
 
 torch = lazy.load("torch")  # imported on first use: a run with nothing left to do never loads it
@@ -58,18 +63,24 @@ class CellCheckpoint:
         atomic_write(self.path, lambda f: torch.save(state, f), binary=True)
 
     def load(self, set_aside: bool = True) -> dict | None:
-        """The saved state, or None when there is none; a broken file is moved aside (``set_aside``: the group's
-        rank 0 alone moves it, the other ranks of a cell only read)."""
+        """The saved state, or None when there is none or it cannot be read.
+
+        A file torch cannot read, or that is not a checkpoint of this cell in this format, is moved
+        aside and one warning line on stderr says why (``set_aside``: the group's rank 0 alone moves
+        it and warns, the other ranks of a cell only read).
+        """
         if not self.path.is_file():
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-            if state.get("format") != FORMAT or state.get("cell_id") != self.cell_id:
-                raise ValueError("not a checkpoint of this cell")
+            if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("cell_id") != self.cell_id:
+                raise ValueError(f"not a checkpoint of this cell in format {FORMAT}")
             return state
-        except Exception:
+        except Exception as exc:
             if set_aside:
-                self.set_aside()
+                aside = self.set_aside()
+                print(f"warning: cell {self.cell_id}: cannot read its checkpoint ({_why(exc)}); moved it to {aside.name}, "
+                      "the cell starts over", file=sys.stderr, flush=True)
             return None
 
     def set_aside(self) -> Path:
@@ -80,3 +91,13 @@ class CellCheckpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _why(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in a few words (its weights-only message is a page long)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed global")[0]
+        first = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+        return f"torch.load(weights_only=True) refused it: {first[:200]}"
+    return brief(exc)

@@ -6,8 +6,11 @@ torch or open_clip: ``--help``, table, plot, report and show never load them, an
 validate, list and a run with nothing left to do load only the installed
 plugins' modules (tests/test_cli.py checks which).
 
-Exit codes: 0 all good; 1 some cells failed (the rest are kept); 2 bad input
-(one line on stderr, nothing run); 130 interrupted.
+Exit codes: 0 all good; 1 some cells failed, or an output of the run's end
+(a leaderboard file, the report, the figures) could not be written: the rest
+is kept and a rerun writes what is missing; 2 bad input (one line on stderr,
+nothing run: ``run`` checks what its end writes before its first cell); 130
+interrupted.
 """
 from __future__ import annotations
 
@@ -77,9 +80,13 @@ def run(suite_file, results_dir, executor, workers, only, retry_failed, keep_che
         click.echo(f"{summary.elsewhere} cell(s) were taken by another clbench run on {summary.results_dir}", err=True)
     if summary.leaderboard is not None:
         click.echo(summary.leaderboard.to_markdown())
-        click.echo("wrote " + ", ".join(str(p) for p in summary.leaderboard_paths), err=True)
-    if not summary.ok:
+        if summary.leaderboard_paths:
+            click.echo("wrote " + ", ".join(str(p) for p in summary.leaderboard_paths), err=True)
+    for line in summary.errors:
+        click.echo(f"error: {line}", err=True)
+    if summary.failed:
         click.echo(f"{summary.failed} cell(s) failed; see their records' 'error', then rerun with --retry-failed", err=True)
+    if not summary.ok:
         sys.exit(1)
 
 
@@ -149,20 +156,64 @@ def pretrain(out_dir, seed, epochs, per_class, batch_size, lr):
                     log=lambda line: click.echo(line, err=True))
 
 
+def _param_lines(params) -> list[str]:
+    """A plugin's parameters, one line each: ``  name  type = default  (constraints)  # description``."""
+    if not params:
+        return ["  (no parameters)"]
+    width = max(len(p.name) for p in params)
+    lines = []
+    for p in params:
+        line = f"  {p.name:{width}s}  {p.type} = {p.default}"
+        if p.constraints:
+            line += f"  ({', '.join(p.constraints)})"
+        if p.description:
+            line += f"  # {p.description}"
+        lines.append(line)
+    return lines
+
+
 @cli.command(name="list")
 @click.argument("kind", type=click.Choice(["methods", "datasets", "executors", "loggers"]))
-def list_(kind):
-    """Every registered plugin of KIND with the package it comes from."""
+@click.option("--params", is_flag=True, help="Also each one's parameters: type, default, allowed values, what it sets.")
+def list_(kind, params):
+    """Every registered plugin of KIND with the package it comes from (and, with --params, its parameters)."""
     found = api.list_plugins(kind, plugins=_plugins())
     width = max((len(p.name) for p in found), default=4)
     for p in found:
         click.echo(f"{p.name:{width}s}  {p.origin:20s}  {p.summary}")
+        if params:
+            for line in _param_lines(api.plugin_params(kind, p.name, plugins=_plugins())):
+                click.echo(line)
+
+
+#: ``clbench show KIND NAME``: the word for each kind of plugin (singular or plural)
+SHOW_KINDS = {"method": "methods", "dataset": "datasets", "executor": "executors", "logger": "loggers",
+              **{k: k for k in ("methods", "datasets", "executors", "loggers")}}
 
 
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
-def show(target):
-    """A record's summary: a record file, or a cell id inside a results folder given as DIR/ID."""
+@click.argument("name", required=False)
+def show(target, name):
+    """A record's summary (TARGET: a record file, or DIR/ID for a cell of the results folder DIR), or, as
+    'clbench show method NAME', a method's parameters with their defaults and allowed values (also dataset,
+    executor, logger)."""
+    word = str(target)
+    if name is not None or word in SHOW_KINDS:
+        from .registry import unknown_line
+
+        if word not in SHOW_KINDS:
+            raise UserError(f"show: {unknown_line('kind', word, [k for k in SHOW_KINDS if not k.endswith('s')])}; "
+                            f"give 'clbench show method NAME', or one record: 'clbench show DIR/<cell_id>'")
+        kind = SHOW_KINDS[word]
+        if name is None:
+            raise UserError(f"show {word}: give its name, e.g. 'clbench show {word} NAME' ('clbench list {kind}' names them)")
+        params = api.plugin_params(kind, name, plugins=_plugins())  # an unknown name: UserError with a did-you-mean
+        info = next(p for p in api.list_plugins(kind, plugins=_plugins()) if p.name == name)
+        click.echo(f"{info.name}  ({info.origin})  {info.summary}")
+        for line in _param_lines(params):
+            click.echo(line)
+        return
     r = api.read_record(target)
     click.echo(f"{r['cell_id']}  {r['status']}  {r.get('variant')} | {r.get('stream')} | seed {r.get('seed')}")
     if r.get("error"):

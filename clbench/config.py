@@ -184,9 +184,30 @@ class StreamConfig(Section):
 class ReportConfig(Section):
     metrics: list[str] = Field(default_factory=lambda: ["last", "avg_inc", "forgetting", "drift"])
     formats: list[Literal["csv", "md", "latex"]] = Field(default_factory=lambda: ["csv", "md", "latex"])
-    reference: Optional[str] = None  # a method (or row label) every other row is compared with, seed by seed
+    #: a method (or row label) every other row is compared with, seed by seed; it must name exactly one row of the
+    #: suite's leaderboard (``reference_row``)
+    reference: Optional[str] = None
     plots: bool = False  # also write the figures (as clbench plot does) after a run
     html: bool = False  # write report.html (as clbench report does) next to the leaderboard after a run
+
+
+def reference_row(name: str, rows) -> tuple[Optional[str], str]:
+    """The leaderboard row that a reference ``name`` names among the row labels ``rows``, and ``""``; or None and a hint.
+
+    ``name`` names a row when it is a row's label, or a method with exactly one row
+    (``finetune`` for the single row ``finetune (loss=ce)``). Otherwise the hint (to append to
+    the caller's one line) lists the method's rows when it has several, or is a did-you-mean.
+    ``clbench table --reference`` and a suite's ``report.reference`` both resolve through this.
+    """
+    from .registry import did_you_mean
+
+    rows = list(rows)
+    if name in rows:
+        return name, ""
+    by_method = [r for r in rows if r.split(" ")[0] == name]
+    if len(by_method) == 1:
+        return by_method[0], ""
+    return None, f"; '{name}' has several rows: {', '.join(by_method)}" if by_method else did_you_mean(name, rows)
 
 
 STREAM_KEYS = set(StreamConfig.model_fields)

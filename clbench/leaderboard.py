@@ -74,17 +74,14 @@ class Leaderboard:
         return board
 
     def resolve_reference(self, name: str) -> str:
+        """The row ``name`` names (a row label, or a method with one row); UserError naming ``--reference`` otherwise."""
+        from .config import reference_row
         from .errors import UserError
-        from .registry import did_you_mean
 
-        variants = self.variants()
-        if name in variants:
-            return name
-        by_method = [v for v in variants if v.split(" ")[0] == name]
-        if len(by_method) == 1:
-            return by_method[0]
-        hint = f"; '{name}' has several variants: {', '.join(by_method)}" if by_method else did_you_mean(name, variants)
-        raise UserError(f"--reference: no single row '{name}' in the table{hint}")
+        row, hint = reference_row(name, self.variants())
+        if row is None:
+            raise UserError(f"--reference: no single row '{name}' in the table{hint}")
+        return row
 
     # --- layout -------------------------------------------------------------
     def variants(self) -> list[str]:

@@ -126,10 +126,17 @@ class Method:
         return {"exemplars": 0, "bytes": 0}
 
     def state_dict(self) -> dict[str, Any]:
+        """What resuming the cell needs beyond the model, after every experience but the last (on every rank).
+
+        Only what ``torch.load(weights_only=True)`` reads back: tensors, numbers, str, bytes, bool, None, and
+        lists/tuples/dicts/sets of them (clbench/state_check.py); anything else is refused at the first save
+        with a ``UserError`` naming the key. docs/writing_methods.md section 3.2.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore :meth:`state_dict`'s output on resume: runs once, after the model's weights are restored and
+        before the next experience; tensors arrive on the CPU. An exception fails the cell and keeps the checkpoint."""
 
 
 def no_grad(fn):

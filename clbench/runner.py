@@ -5,6 +5,7 @@ import math
 import random
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from .manifest import manifest, model_facts
 from .memory import memory_record
 from .metrics import METRICS, compute_metrics
 from .models import build_clip
+from .state_check import check_method_state
 from .suite import Cell
 
 
@@ -151,14 +153,21 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
             try:
                 if saved["model"] is not None:  # None: the weights were still as built
                     learner.model.load_state_dict(saved["model"])
-                method.load_state_dict(saved["method"])
+                method_state = saved["method"]
+            except Exception as exc:  # harness state this code cannot restore must not block the cell forever
+                _restore_failed(checkpoint, main, exc)
+            try:
+                method.load_state_dict(method_state)
+            except Exception as exc:  # the method's own code: keep the valid checkpoint, so a fixed method resumes from it
+                raise RuntimeError(f"method '{cell.method}': load_state_dict could not restore its state from the checkpoint "
+                                   f"({type(exc).__name__}: {exc}); kept {checkpoint.path}: fix load_state_dict and rerun "
+                                   f"with --retry-failed to resume, or delete that file to start this cell over") from exc
+            try:
                 learner.load_state_dict(saved["learner"])
                 drift.load_state_dict(saved.get("drift"), learner.device, features_of)
                 set_rng_state(saved["rng"])
-            except Exception as exc:  # a checkpoint this code cannot restore must not block the cell forever
-                aside = checkpoint.set_aside() if main else checkpoint.path
-                raise RuntimeError(f"could not restore the checkpoint ({type(exc).__name__}: {exc}); moved it to "
-                                   f"{aside.name}: rerun to start this cell over") from exc
+            except Exception as exc:
+                _restore_failed(checkpoint, main, exc)
             initial, control_before, losses, start = saved["initial"], saved["control_before"], saved["losses"], saved["next_step"]
             record["acc_matrix"] = rows = list(saved["rows"])
             resumed_at = start
@@ -185,9 +194,15 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                 raise FloatingPointError(f"non-finite training loss ({losses[-1]}) in experience {step}; lower train.lr or set train.grad_clip")
             drift.step(step, features_of)
             if checkpoint and step < last:  # saved before the experience is reported done, so an interrupt after the report keeps it
+                method_state = method.state_dict()
+                # A state torch.load(weights_only=True) would refuse is a defect of the method's code, not of this
+                # cell: every cell of the method would save it and lose it on resume. So it is a UserError (exit 2,
+                # the run stops at the first save of its first cell, no record written) rather than a failed record
+                # per cell, each after an experience of wasted work. Checked on every rank, so no rank waits alone.
+                check_method_state(cell.method, method_state)
                 state = {  # built on every rank (a method's state_dict may sum over ranks), written by rank 0
                     "next_step": step + 1, "rows": rows, "losses": losses, "initial": initial, "control_before": control_before,
-                    "model": learner.model.state_dict() if learner.model_changed else None, "method": method.state_dict(), "learner": learner.state_dict(), "rng": rng_state(),
+                    "model": learner.model.state_dict() if learner.model_changed else None, "method": method_state, "learner": learner.state_dict(), "rng": rng_state(),
                     "drift": drift.state_dict(keep_features=learner.image_tower_changed),
                 }
                 if main:
@@ -235,6 +250,14 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
         record["cost"]["resumed_at_experience"] = resumed_at
     record["manifest"] = manifest(learner.device if learner else pick_device(train.device), cell.seed, model_info)
     return record
+
+
+def _restore_failed(checkpoint: CellCheckpoint, main: bool, exc: Exception) -> NoReturn:
+    """Fail the cell on harness state (model weights, data order, drift, RNG) this code cannot restore; the checkpoint
+    is moved aside (by rank 0) so a rerun starts over rather than failing on it forever."""
+    aside = checkpoint.set_aside() if main else checkpoint.path
+    raise RuntimeError(f"could not restore the checkpoint ({type(exc).__name__}: {exc}); moved it to "
+                       f"{aside.name}: rerun to start this cell over") from exc
 
 
 def old_classes(stream, exp) -> list[int]:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .config import looks_like_path as _looks_like_path
-from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, StreamPrompts, TrainConfig
+from .config import ModelConfig, ReportConfig, STREAM_KEYS, StreamConfig, StreamPrompts, TrainConfig, reference_row
 from .dataset_plugin import RUNTIME_OPTIONS, DatasetPlugin
 from .errors import UserError
 from .facts import ModelFacts, StreamFacts, stream_facts
@@ -30,7 +30,7 @@ from .registry import did_you_mean, unknown_line
 from .suite_yaml import _deep_merge, load_raw, read_yaml
 
 __all__ = ["Cell", "Suite", "load_suite", "cell_id_of", "known_architectures", "dataset_options", "OptionProblem",
-           "RUNTIME_OPTIONS", "RESULTS_VERSION", "TOP_KEYS", "METHOD_KEYS", "load_raw", "read_yaml"]
+           "leaderboard_rows", "RUNTIME_OPTIONS", "RESULTS_VERSION", "TOP_KEYS", "METHOD_KEYS", "load_raw", "read_yaml"]
 
 TOP_KEYS = ("name", "description", "include", "model", "train", "streams", "methods", "seeds", "report", "executor", "loggers")
 METHOD_KEYS = ("name", "train", "streams")
@@ -101,6 +101,40 @@ def cell_id_of(config: dict) -> str:
         item.pop("label", None)
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def leaderboard_rows(records) -> list[str]:
+    """The leaderboard's row labels for ``records`` (mappings with ``variant`` and ``config``: records, or cells as
+    ``{"variant": c.variant, "config": c.config}``), in first-seen order.
+
+    The labels clbench.aggregate gives, computed without pandas so ``validate`` stays instant: a record's
+    ``variant``, with `` #<hash>`` added where one label covers several configurations (the config minus
+    ``seed``, ``stream`` and ``train.devices``). tests/test_run_end.py checks that the two agree.
+    """
+    def key(config: dict) -> str:
+        config = {k: v for k, v in config.items() if k not in ("seed", "stream")}
+        if isinstance(config.get("train"), dict):
+            config["train"] = {k: v for k, v in config["train"].items() if k != "devices"}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:6]
+
+    pairs = [(r["variant"], key(r["config"])) for r in records]
+    configs: dict[str, set[str]] = {}
+    for variant, k in pairs:
+        configs.setdefault(variant, set()).add(k)
+    return list(dict.fromkeys(v if len(configs[v]) == 1 else f"{v} #{k}" for v, k in pairs))
+
+
+def _check_reference(report: ReportConfig, cells, file: Path) -> None:
+    """``report.reference`` names exactly one row of the suite's leaderboard (every cell done), else a UserError."""
+    if report.reference is None:
+        return
+    rows = leaderboard_rows({"variant": c.variant, "config": c.config} for c in cells)
+    row, hint = reference_row(report.reference, rows)
+    if row is None:
+        several = any(r.split(" ")[0] == report.reference for r in rows)  # the hint lists them
+        known = "" if several else f"; its rows: {', '.join(rows)}"
+        raise UserError(f"{file}: report.reference: no single row '{report.reference}' in the suite's leaderboard{hint}{known}; "
+                        f"name one of its methods (with a single row) or a row label")
 
 
 # --- validation ---------------------------------------------------------------
@@ -546,4 +580,5 @@ def load_suite(path, plugins=None) -> Suite:
             raise UserError(f"{file}: methods: two entries give the same cell ({variant} on {label}, seed {seed}); remove the duplicate")
         ids.add(cid)
         cells.append(Cell(cid, method, variant, label, seed, config))
+    _check_reference(report, cells, file)
     return Suite(name, file, tuple(cells), report, executor, tuple(loggers), executor_options)

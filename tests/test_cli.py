@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from clbench import Method, hookimpl
+from clbench import api as clbench_api
 from clbench import plugins as plugins_module
 from clbench.cli import main
 from clbench.testing import tiny_suite, write_suite
@@ -141,6 +142,33 @@ def test_table_show_plot_list(tmp_path, capsys, suite_file):
     assert "synthetic" in out
 
 
+def test_list_methods_params_and_show_method(capsys, plugins):
+    code, out, _ = cli(capsys, "list", "methods", "--params")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("dro_replay "))
+    block = lines[start + 1:next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("  "))]
+    assert code == 0 and any(line.split() == ["lam", "float", "=", "1.0", "(>", "0)", "#", "KL-DRO", "temperature", "λ"]
+                             for line in block), block
+    assert any(line.split()[:5] == ["update", "str", "=", "kl", "(one"] and "(one of kl, eg, uniform)" in line for line in block)
+    assert any(line.startswith("  gamma ") and "(> 0, <= 1)" in line for line in block)
+    assert any(line.startswith("zeroshot ") for line in lines) and "  (no parameters)" in lines
+
+    code, shown, _ = cli(capsys, "show", "method", "dro_replay")
+    assert code == 0 and shown.splitlines()[0].startswith("dro_replay  (clbench)")
+    assert shown.splitlines()[1:] == block
+    lam = next(p for p in clbench_api.plugin_params("methods", "dro_replay", plugins=plugins) if p.name == "lam")
+    assert (lam.type, lam.default, lam.constraints) == ("float", "1.0", ("> 0",))
+    update = next(p for p in clbench_api.plugin_params("methods", "dro_replay", plugins=plugins) if p.name == "update")
+    assert update.choices == ("kl", "eg", "uniform") and update.default == "kl"
+
+    code, _, err = cli(capsys, "show", "method", "dro_replya")
+    assert code == 2 and err.startswith("error: unknown method 'dro_replya' (did you mean 'dro_replay'?); known: ")
+    code, _, err = cli(capsys, "show", "method")
+    assert code == 2 and "clbench show method NAME" in err
+    code, _, err = cli(capsys, "show", "metod", "er")
+    assert code == 2 and "unknown kind 'metod' (did you mean 'method'?)" in err
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     path = write_suite(tmp_path / "bad.yaml", tiny_suite(["zeroshot"], seeds=[1, 1]))
     done = subprocess.run([sys.executable, "-m", "clbench.cli", "validate", str(path)], capture_output=True, text=True, timeout=120)
@@ -201,7 +229,7 @@ def test_validate_list_and_a_run_with_nothing_to_do_import_no_torch(finished):
     suite, out, _ = finished
     paper = Path(__file__).parent.parent / "suites" / "paper.yaml"  # every built-in method, ImageNet and DomainNet
     for args in (["validate", suite], ["validate", paper], ["list", "methods"], ["list", "datasets"],
-                 ["run", suite, "--results", out]):
+                 ["list", "methods", "--params"], ["show", "method", "dro_replay"], ["run", suite, "--results", out]):
         assert loaded_by(*args) == [], args
 
 
