@@ -534,9 +534,9 @@ def load_suite(path, plugins=None) -> Suite:
     loggers = raw.get("loggers", []) or []
     if not isinstance(loggers, list) or not all(isinstance(x, str) for x in loggers):
         raise UserError(f"{file}: loggers: must be a list of logger names, e.g. [csv, tensorboard]")
-    for name in loggers:
-        if name not in plugins.loggers:
-            raise UserError(f"{file}: loggers: {unknown_line('logger', name, plugins.loggers.names())}")
+    for logger in loggers:  # not `name`: that is the suite's name, which names its results folder
+        if logger not in plugins.loggers:
+            raise UserError(f"{file}: loggers: {unknown_line('logger', logger, plugins.loggers.names())}")
     if "streams" not in raw or "methods" not in raw:
         missing = "streams" if "streams" not in raw else "methods"
         raise UserError(f"{file}: {missing}: missing; a suite needs 'streams' and 'methods'")

@@ -1,5 +1,6 @@
 """Paper suites, figures and run loggers."""
 import csv
+import os
 import json
 from pathlib import Path
 
@@ -140,3 +141,21 @@ def test_missing_optional_logger_package_is_one_line(tmp_path, capsys, monkeypat
         main(["run", str(path), "--results", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "pip install 'clbench[wandb]'" in err
+
+
+def test_tensorboard_logger_starts_while_torch_is_still_lazily_imported(tmp_path):
+    """`clbench run` builds its loggers before any cell imports torch for real; open_clip must import after."""
+    import subprocess
+    import sys
+
+    code = ("import lazy_loader as lazy; lazy.load('torch')\n"
+            "from clbench.loggers.builtin import TensorBoardLogger\n"
+            f"TensorBoardLogger({str(tmp_path)!r}, None)\n"
+            "import open_clip\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_suite_with_loggers_keeps_its_own_name(tmp_path, plugins):
+    suite = load_suite(write_suite(tmp_path / "s.yaml", tiny_suite(["zeroshot"], name="mine", loggers=["csv"])), plugins)
+    assert suite.name == "mine"  # its results go to results/mine, not results/csv

@@ -52,6 +52,9 @@ class TensorBoardLogger(Logger):
     def __init__(self, results_dir, suite):
         super().__init__(results_dir, suite)
         _require("tensorboard", "tensorboard")
+        import torch
+
+        torch.Tensor  # noqa: B018 -- loads a lazily imported torch fully before its submodule (else open_clip's import breaks)
         from torch.utils.tensorboard import SummaryWriter
 
         self.SummaryWriter = SummaryWriter
