@@ -9,7 +9,7 @@ import numpy as np
 
 from .aggregate import dedupe
 from .metrics import seen_accuracy
-from .sweep_lines import MEMORY_LABEL, buffer_amount, buffer_lines, exemplars, mean_std, metric_of, sweep_x
+from .sweep_lines import MEMORY_LABEL, buffer_amount, buffer_lines, exemplars, mean_std, metric_of, sweep_points
 
 
 def _pyplot():
@@ -104,15 +104,7 @@ def plot_buffer_sweep(records, out_dir: Path, plt) -> list[Path]:
     scale. Only streams where some line has two x values or more get a figure. Returns the files written.
     """
     paths = []
-    for stream, lines in sorted(buffer_lines(records).items()):
-        xlabel, x_of = sweep_x([r for rs in lines.values() for r in rs])
-        points = {label: defaultdict(list) for label in lines}
-        for label, rs in lines.items():
-            for r in rs:
-                if id(r) in x_of:
-                    points[label][x_of[id(r)]].append(r)
-        if max((len(p) for p in points.values()), default=0) < 2:
-            continue  # one buffer size: nothing to sweep
+    for stream, xlabel, points in sweep_points(records):
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.6 + 0.18 * ((len(points) + 2) // 3)), layout="constrained")
         handles, labels = [], []
         for i, (label, by_x) in enumerate(points.items()):

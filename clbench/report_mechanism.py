@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .sweep_lines import buffer_amount, buffer_lines, mean_std, metric_of, sweep_x
+from .sweep_lines import buffer_amount, mean_std, metric_of, sweep_points
 
 SWEEP_METRICS = (("last", "last accuracy (%)"), ("forgetting", "forgetting (%)"), ("drift", "drift (×100, 1 − cosine)"))
 CONTRAST_KEYS = ("experience", "steps", "old_class_mass", "negatives_old", "negatives_new")
@@ -35,17 +35,8 @@ def sweep_figures(records, p, named, marker) -> list[dict]:
     ×100); mean ± sample std over the seeds at each x, as the PNG sweep (plots.plot_buffer_sweep).
     """
     figs = []
-    for stream, lines in buffer_lines(records).items():
-        xlabel, x_of = sweep_x([r for rs in lines.values() for r in rs])
-        points = {label: defaultdict(list) for label in lines}
-        for label, rs in lines.items():
-            for r in rs:
-                if id(r) in x_of:
-                    points[label][x_of[id(r)]].append(r)
-        points = {label: by_x for label, by_x in points.items() if by_x}
-        if max((len(by_x) for by_x in points.values()), default=0) < 2:
-            continue  # one buffer size: nothing to sweep
-        present = [r for rs in lines.values() for r in rs]
+    for stream, xlabel, points in sweep_points(records):
+        present = [r for by_x in points.values() for rs in by_x.values() for r in rs]
         metrics = [(m, t) for m, t in SWEEP_METRICS if m != "drift" or any(metric_of(r, m) is not None for r in present)]
         data = []
         for i, (label, by_x) in enumerate(points.items()):

@@ -127,3 +127,21 @@ def mean_std(values) -> tuple[float, float]:
     if len(v) == 0:
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def sweep_points(records):
+    """Per stream with a sweep: (stream, x axis label, {line label: {x: records}}), streams sorted.
+
+    Lines and x as :func:`buffer_lines` and :func:`sweep_x`; lines without a usable x are dropped, and a
+    stream is left out unless some line has two x values or more (one buffer size: nothing to sweep).
+    """
+    for stream, lines in sorted(buffer_lines(records).items()):
+        xlabel, x_of = sweep_x([r for rs in lines.values() for r in rs])
+        points = {label: defaultdict(list) for label in lines}
+        for label, rs in lines.items():
+            for r in rs:
+                if id(r) in x_of:
+                    points[label][x_of[id(r)]].append(r)
+        points = {label: by_x for label, by_x in points.items() if by_x}
+        if max((len(by_x) for by_x in points.values()), default=0) >= 2:
+            yield stream, xlabel, points
