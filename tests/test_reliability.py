@@ -19,13 +19,7 @@ from clbench.plugins import Plugins, make_plugin_manager
 from clbench.results import ResultStore, atomic_write_text
 from clbench.runner import run_cell
 from clbench.suite import load_suite
-from clbench.testing import tiny_suite, write_suite
-
-VOLATILE = ("cost", "manifest")  # wall time, throughput, timestamps: allowed to differ after a resume
-
-
-def stable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in VOLATILE}
+from clbench.testing import stable, tiny_suite, write_suite  # stable: the record less cost and manifest
 
 
 def cells_of(tmp_path, methods, plugins, **kw):
