@@ -167,9 +167,22 @@ class StreamConfig(Section):
     name: Optional[str] = None  # label in tables; default dataset/scenario/steps
     class_order: Optional[Union[str, list[int]]] = None  # an order's name, or a permutation of the class ids; None: seeded
     domains: Optional[list[str]] = None  # restrict to these domains (and this order)
-    holdout_classes: NonNegativeInt = 0  # last classes of the order, kept out as a control set
+    #: a zero-shot control set kept out of the stream (``zs_retention``): k, the last k classes of the order; or a
+    #: list of class ids, those classes (e.g. classes the model was pretrained on, beside a stream of new ones)
+    holdout_classes: Union[NonNegativeInt, list[NonNegativeInt]] = 0
     prompts: Optional[StreamPrompts] = None  # templates / class names for CLIP; default: the dataset's
     train: Optional[dict] = None  # overrides of the suite's train settings for this stream
+
+    @field_validator("holdout_classes")
+    @classmethod
+    def _distinct_ids(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list keeps no control set; use 0, a count, or a list of class ids")
+            dup = next((c for c in value if value.count(c) > 1), None)
+            if dup is not None:
+                raise ValueError(f"class {dup} is listed twice; list each control class once")
+        return value
 
     @field_validator("class_order", mode="before")
     @classmethod

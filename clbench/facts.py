@@ -49,10 +49,11 @@ class StreamFacts:
 
 
 def stream_facts(label: str, dataset: str, scenario: str, steps: Optional[int], facts: DatasetFacts,
-                 holdout_classes: int = 0, domains: Optional[list[str]] = None,
+                 holdout_classes: int | list[int] = 0, domains: Optional[list[str]] = None,
                  templates: Optional[list[str]] = None) -> StreamFacts:
     """The stream's facts from its dataset's and its own keys (``templates``: a ``prompts.templates`` override)."""
-    n_classes = None if facts.num_classes is None else facts.num_classes - holdout_classes
+    held = len(holdout_classes) if isinstance(holdout_classes, list) else holdout_classes
+    n_classes = None if facts.num_classes is None else facts.num_classes - held
     used = tuple(domains) if domains is not None else facts.domains
     train_size = None
     if facts.train_per_class is not None and n_classes is not None and used is not None:

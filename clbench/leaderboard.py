@@ -95,7 +95,15 @@ class Leaderboard:
         return None if hit.empty else hit.iloc[0]
 
     def columns(self) -> list[tuple[str, str]]:
-        return [(s, m) for s in self.streams() for m in self.metrics]
+        """(stream, metric) pairs in order, without the ones no row has a value for (``empty_columns``)."""
+        empty = set(self.empty_columns())
+        return [(s, m) for s in self.streams() for m in self.metrics if (s, m) not in empty]
+
+    def empty_columns(self) -> list[tuple[str, str]]:
+        """(stream, metric) pairs with no value in any row, e.g. ``zs_retention`` on a stream without a control set."""
+        present = self.table[self.table["mean"].notna()]
+        have = set(zip(present.stream, present.metric))
+        return [(s, m) for s in self.streams() for m in self.metrics if (s, m) not in have]
 
     def comparison(self, variant: str, stream: str, metric: str) -> str:
         if self.paired is None or variant == self.reference:
@@ -128,6 +136,10 @@ class Leaderboard:
         if self.reference:
             text += (f" [±x]: mean paired difference to {self.reference} over matching seeds, "
                      f"† where a paired t-test gives p < {SIGNIFICANCE}.")
+        empty = self.empty_columns()
+        if empty:
+            by_metric = {m: [s for s, m2 in empty if m2 == m] for m in dict.fromkeys(m for _, m in empty)}
+            text += " Left out for lack of any value: " + "; ".join(f"{m} on {', '.join(s)}" for m, s in by_metric.items()) + "."
         if self.stale:
             text += (f" {self.stale} record(s) made by an older clbench (other metric or method definitions) are left out;"
                      " rerun their suite to replace them.")

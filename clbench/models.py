@@ -24,6 +24,9 @@ open_clip.add_model_config(CONFIG_DIR)
 #: weights clbench ships, by (arch, tag); rebuilt by ``clbench pretrain``
 PROJECT_WEIGHTS = {
     ("clbench-tiny-32", "tinyworld"): Path(__file__).parent / "weights" / "tinyworld" / "open_clip_model.safetensors",
+    # the weights before the demo's streams were reworked (11 compositions and the sketch domain held out; its
+    # MANIFEST.json says how to rebuild it): suites/small_buffer.yaml and docs/demo/small_buffer.md were run on it
+    ("clbench-tiny-32", "tinyworld-v1"): Path(__file__).parent / "weights" / "tinyworld-v1" / "open_clip_model.safetensors",
 }
 
 

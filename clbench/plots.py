@@ -52,34 +52,46 @@ def _style(i: int) -> dict:
     return {"color": f"C{i % 10}", "marker": "osD^v"[i // 10 % 5]}
 
 
-def _figure_legend(fig, handles, labels) -> None:
+def _short(label: str, width: int = 48) -> str:
+    """A legend label cut to ``width`` characters (with "…"): a long variant (zscl's reference options) would widen the figure."""
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def _figure_legend(fig, handles, labels, ncol: int = 3) -> None:
     """One legend for the figure's panels, below them, so it covers no line."""
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(labels)), fontsize=7, frameon=False)
 
 
 def plot_accuracy_curves(records, out_dir: Path, plt) -> list[Path]:
     """Accuracy on the test data seen so far (%) after each step, one figure ``accuracy_<stream>`` per stream, one
     line per variant (mean ± sample std over seeds); records without an accuracy matrix (failed) are left out."""
     curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    untrained = set()
     for r in records:
         if has_matrix(r):
             curves[r["stream"]][r["variant"]].append(seen_accuracy_curve(r))
+            if r["method"] == "zeroshot":
+                untrained.add(r["variant"])
     paths = []
     for stream, by_variant in sorted(curves.items()):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for variant, runs in by_variant.items():
+        # the legend goes below the panel (as in the other figures), so many variants never hide the lines
+        fig, ax = plt.subplots(figsize=(8, 4.2 + 0.18 * ((len(by_variant) + 1) // 2)), layout="constrained")
+        # the legend lists the variants best first (by the mean of their last point), so it reads as the ranking
+        ranked = sorted(by_variant.items(), key=lambda item: (-float(np.mean([run[-1] for run in item[1]])), item[0]))
+        for i, (variant, runs) in enumerate(ranked):
             runs = np.array(runs) * 100
             steps = np.arange(1, runs.shape[1] + 1)
             mean, std = runs.mean(0), runs.std(0, ddof=1) if len(runs) > 1 else np.zeros(runs.shape[1])  # sample std, as the leaderboard
-            ax.plot(steps, mean, marker="o", label=f"{variant} (n={len(runs)})")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
+            # the untrained model, the line every training method is read against: black and dashed
+            style = {"color": "black", "linestyle": "--", "marker": "x"} if variant in untrained else _style(i)
+            ax.plot(steps, mean, label=f"{_short(variant)} (n={len(runs)})", markersize=4, **style)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.1, color=style["color"])
         ax.set(xlabel="step", ylabel="accuracy on test data seen so far (%)", title=stream)
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
+        _figure_legend(fig, *ax.get_legend_handles_labels(), ncol=2)
         paths += _save(fig, out_dir, f"accuracy_{stream}")
         plt.close(fig)
     return paths

@@ -324,7 +324,13 @@ def _streams(raw, file: Path, plugins, train: dict) -> list[tuple[str, dict, Str
         facts = plugin.facts(options)  # what the dataset knows without reading its data
         n_classes = facts.num_classes
         if n_classes is not None:
-            usable = n_classes - cfg.holdout_classes
+            held = cfg.holdout_classes
+            if isinstance(held, list):
+                outside = next((c for c in held if c >= n_classes), None)
+                if outside is not None:
+                    raise UserError(f"{file}: {where}.holdout_classes: class {outside} is not one of the dataset's {n_classes} "
+                                    f"classes (0..{n_classes - 1}); list class ids below {n_classes}")
+            usable = n_classes - (len(held) if isinstance(held, list) else held)
             if usable < 1:
                 raise UserError(f"{file}: {where}.holdout_classes: {cfg.holdout_classes} leaves no class of the {n_classes} for the stream")
             if cfg.scenario == "class_incremental" and resolved["steps"] > usable:

@@ -56,6 +56,22 @@ def test_class_incremental_stream():
     assert again.class_order_hash == s.class_order_hash
 
 
+def test_control_set_named_by_class_ids_is_the_same_for_every_seed():
+    d = small()
+    for seed in (0, 1, 2):
+        s = build_stream(d, "class_incremental", seed=seed, label="s", steps=3, holdout_classes=[6, 1])
+        assert s.control_classes == [6, 1] and set(s.control.labels.tolist()) == {1, 6}
+        assert sorted(s.class_order) == [0, 2, 3, 4, 5, 7]
+        # the stream keeps the seeded order of the other classes
+        assert s.class_order == [c for c in d.class_order(seed) if c not in (1, 6)]
+    explicit = build_stream(d, "class_incremental", 0, "s", steps=2, class_order=[7, 6, 5, 4, 3, 2, 1, 0], holdout_classes=[0, 7])
+    assert explicit.experiences[0].classes == [6, 5, 4] and explicit.control_classes == [0, 7]
+    with pytest.raises(UserError, match=r"stream.holdout_classes: class 8 is not one of the dataset's 8 classes"):
+        build_stream(d, "class_incremental", 0, "s", holdout_classes=[8])
+    with pytest.raises(UserError, match="leave no class"):
+        build_stream(d, "class_incremental", 0, "s", holdout_classes=list(range(8)))
+
+
 def test_explicit_class_order_and_named_orders():
     d = small()
     s = build_stream(d, "class_incremental", 0, "s", steps=2, class_order=[7, 6, 5, 4, 3, 2, 1, 0])

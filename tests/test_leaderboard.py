@@ -56,6 +56,20 @@ def test_golden_output(fmt, ext):
     assert text == path.read_text()
 
 
+def test_a_column_no_row_has_a_value_for_is_left_out_and_said_so():
+    records = fixed_records()
+    for r in records:
+        if r.get("stream") == "toy-ci2" and "metrics" in r:
+            r["metrics"]["zs_retention"] = 0.9 if r["method"] == "finetune" else 1.0  # toy_di keeps no control set
+    b = Leaderboard.from_records(records, metrics=("last", "zs_retention"))
+    assert b.empty_columns() == [("toy_di", "zs_retention")]
+    assert b.columns() == [("toy-ci2", "last"), ("toy-ci2", "zs_retention"), ("toy_di", "last")]
+    text = b.to_markdown()
+    assert "toy_di zs_retention" not in text and "toy-ci2 zs_retention" in text
+    assert "Left out for lack of any value: zs_retention on toy_di." in text
+    assert "Left out" not in board().to_markdown()  # every column of the fixtures has a value
+
+
 def test_aggregate_numbers_by_hand():
     table = board().table
     row = table[(table.variant == "finetune (loss=ce)") & (table.stream == "toy-ci2") & (table.metric == "last")].iloc[0]

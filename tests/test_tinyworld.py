@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from clbench.data.synthetic import DOMAINS, PRETRAIN_DOMAINS, PRETRAIN_HELD_OUT_CLASSES, render_split
+from clbench.data.synthetic import COLOURS, DOMAINS, SHAPES, class_parts, PRETRAIN_DOMAINS, PRETRAIN_HELD_OUT_CLASSES, _rendered, render_split
 from clbench.models import PROJECT_WEIGHTS, build_clip
 from clbench.pretrain import WEIGHTS_DIR, evaluation_set, pretrain, pretrain_classes, zero_shot_accuracy
 
@@ -15,8 +15,10 @@ MANIFEST = json.loads((WEIGHTS_DIR / "MANIFEST.json").read_text())
 def test_every_split_is_rebuilt_identically_from_its_seed():
     for split in ("train", "test", "pretrain"):
         a = render_split(split, range(10), DOMAINS, 3)
+        _rendered.cache_clear()  # render again, not from the process's cache
         b = render_split(split, range(10), DOMAINS, 3)
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        assert a is not render_split(split, range(10), DOMAINS, 3)  # a cached render is still a new image set
 
 
 def test_pretraining_split_is_disjoint_from_the_stream_splits():
@@ -28,10 +30,33 @@ def test_pretraining_split_is_disjoint_from_the_stream_splits():
 
 
 def test_part_of_the_world_is_held_out_of_pretraining():
-    assert "sketch" in DOMAINS and "sketch" not in PRETRAIN_DOMAINS
-    assert len(PRETRAIN_HELD_OUT_CLASSES) >= 8
+    assert "inverted" in DOMAINS and "inverted" not in PRETRAIN_DOMAINS
+    assert PRETRAIN_HELD_OUT_CLASSES == tuple(range(40))  # the demo's world-ci5 teaches exactly these
     assert not set(pretrain_classes()) & set(PRETRAIN_HELD_OUT_CLASSES)
     assert MANIFEST["held_out_classes"] == list(PRETRAIN_HELD_OUT_CLASSES)
+    assert MANIFEST["pretrain_domains"] == list(PRETRAIN_DOMAINS)
+    # the held-out classes are new compositions, not new words: each colour and each shape was pretrained on
+    parts = [class_parts(k) for k in pretrain_classes()]
+    assert {c for c, _ in parts} == set(COLOURS) and {s for _, s in parts} == set(SHAPES)
+
+
+def test_zero_shot_does_poorly_on_what_was_held_out_and_well_on_the_rest():
+    """What the demo's story rests on, in the manifest and recomputed from the shipped weights."""
+    by_group = MANIFEST["zero_shot_accuracy_clean_by_group"]
+    assert by_group["pretrained_40_49"] >= 0.9 and by_group["held_out_0_39"] <= 0.5
+    assert MANIFEST["zero_shot_accuracy_50_classes"]["inverted"] <= 0.05  # the held-out domain: chance is 0.02
+    clip = build_clip("clbench-tiny-32", "tinyworld")
+    test = render_split("test", range(40), ["clean"], 20)
+    assert zero_shot_accuracy(clip, test.images, test.labels, list(range(40))) == pytest.approx(by_group["held_out_0_39"], abs=0.005)
+
+
+def test_earlier_weights_stay_available_under_their_own_tag():
+    """suites/small_buffer.yaml's numbers (docs/demo/small_buffer.md) were measured on 'tinyworld-v1'."""
+    weights = PROJECT_WEIGHTS[("clbench-tiny-32", "tinyworld-v1")]
+    manifest = json.loads((weights.parent / "MANIFEST.json").read_text())
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == manifest["sha256"]
+    assert manifest["held_out_classes"] == [k for k in range(70) if k % 6 == 5] and "sketch" not in manifest["pretrain_domains"]
+    assert "tinyworld-v1" in (WEIGHTS_DIR.parent.parent.parent / "suites" / "small_buffer.yaml").read_text()
 
 
 def test_shipped_checkpoint_is_the_one_its_manifest_describes():

@@ -11,7 +11,9 @@ from clbench.testing import TINY_STREAM, run_method, tiny_suite, write_suite
 from clbench_methods.zscl import ZSCL, ZSCLParams, add_to_average, l2_penalty, zscl_distillation
 
 #: a reference set that builds in a fraction of a second: the synthetic world's pretraining images of 6 classes
-REFERENCE = {"dataset": "synthetic", "num_classes": 6, "train_per_class": 4, "test_per_class": 1, "train_split": "pretrain"}
+#: (38..43: the tiny CLIP was pretrained on 40..69, so 4 of them have pretraining images)
+REFERENCE = {"dataset": "synthetic", "first_class": 38, "num_classes": 6, "train_per_class": 4, "test_per_class": 1,
+             "train_split": "pretrain"}
 
 
 def softmax(row):
@@ -142,6 +144,8 @@ def test_validate_passes_with_a_pretraining_reference_and_refuses_bad_ones_with_
         ({**REFERENCE, "nm_classes": 3}, "methods[0].reference.nm_classes: unknown key (did you mean 'num_classes'?); known keys: "),
         ({**REFERENCE, "num_classes": 99}, "methods[0].reference.num_classes: Input should be less than or equal to 70 (got 99)"),
         ({**REFERENCE, "train_split": "val"}, "methods[0].reference.train_split: Input should be 'train' or 'pretrain' (got 'val')"),
+        ({**REFERENCE, "first_class": 0}, "methods[0].reference: train_split 'pretrain' has no images of classes 0..5: the tiny CLIP "
+                                          "was pretrained on classes 40..69 only"),
         ({"num_classes": 6}, "methods[0].reference: needs 'dataset': a registered dataset's name"),
         (None, "methods[0].reference: zscl distils on a reference dataset; name one as a stream names its dataset"),
     ]
@@ -169,7 +173,7 @@ def test_zscl_runs_keeps_the_teacher_and_averages_every_experience(plugins):
     record = run_method(ZSCL, {"reference": REFERENCE, "we_freq": 1}, plugins=plugins, train={"epochs": 2})
     assert record["status"] == "done", record.get("traceback")
     state = record["method_state"]
-    assert state["reference_texts"] == 6 and state["reference_pool"] == 5 * 4 * 3  # 5 of 6 classes pretrained, 3 domains
+    assert state["reference_texts"] == 6 and state["reference_pool"] == 4 * 4 * 3  # 4 of 6 classes pretrained, 3 domains
     assert state["weights_averaged"] == [3, 3, 3]  # start + the weights after each of the 2 steps
     assert state["temperature"] == 2.0 and state["l2_weight"] == 1.0 and state["label_smoothing"] == 0.2
     memory = record["memory"]["bytes"]

@@ -185,7 +185,7 @@ def build_stream(
     steps: int | None = None,
     class_order: str | list[int] | None = None,
     domains: list[str] | None = None,
-    holdout_classes: int = 0,
+    holdout_classes: int | list[int] = 0,
     where: str = "stream",
     prompts: dict | None = None,
     label_space: str | None = None,
@@ -193,16 +193,27 @@ def build_stream(
     """The stream of experiences cut from ``dataset``.
 
     ``class_order``: a name the dataset offers (``seeded`` when None) or an explicit
-    permutation; ``prompts``: ``{templates, class_names}`` replacing how CLIP names the
+    permutation; ``holdout_classes``: the control set, the order's last k classes or the listed
+    class ids (in that order; the stream keeps the order's other classes); ``prompts``: ``{templates, class_names}`` replacing how CLIP names the
     classes (the stream's ``dataset`` is then the re-prompted copy). Raises UserError
     naming the stream key for any input that cannot make a stream.
     """
     dataset = apply_prompts(dataset, prompts, where)
     order = resolve_class_order(dataset, seed, class_order, where)
-    if holdout_classes >= len(order):
-        raise UserError(f"{where}.holdout_classes: {holdout_classes} leaves no class for the stream ({len(order)} classes)")
-    control_classes = order[len(order) - holdout_classes :] if holdout_classes else []
-    order = order[: len(order) - holdout_classes]
+    if isinstance(holdout_classes, list):
+        outside = next((c for c in holdout_classes if c not in order), None)
+        if outside is not None:
+            raise UserError(f"{where}.holdout_classes: class {outside} is not one of the dataset's {len(order)} classes; "
+                            f"list class ids below {len(order)}")
+        control_classes = list(holdout_classes)
+        order = [c for c in order if c not in set(control_classes)]
+        if not order:
+            raise UserError(f"{where}.holdout_classes: {len(control_classes)} classes leave no class for the stream")
+    else:
+        if holdout_classes >= len(order):
+            raise UserError(f"{where}.holdout_classes: {holdout_classes} leaves no class for the stream ({len(order)} classes)")
+        control_classes = order[len(order) - holdout_classes :] if holdout_classes else []
+        order = order[: len(order) - holdout_classes]
 
     domain_ids = None
     if domains is not None:
