@@ -2,10 +2,12 @@
 
 The equality test is the contract of docs/distributed.md: a cell run as 2 ranks gives the record of
 the same cell in one process with the same global batch. Tolerance: every accuracy-matrix entry
-equal, and each experience's mean training loss within a relative 1e-4. The ranks sum the same
+equal, and each experience's mean training loss within a relative 3e-4. The ranks sum the same
 numbers in another order, with other GEMM shapes and one CPU thread each; that alone moves the
-losses: the same single-process cells run with 1 and with 2 threads differ by up to 2.4e-5
-(finetune's third experience here), more than the 2-rank runs differ from either.
+losses: the same single-process cells run with 1 and with 2 threads differ by up to 1.1e-4
+(dro_replay's third experience here, whose per-class weights amplify it; 3e-6 for finetune), and
+the 2-rank run is within 1.5e-5 of the 1-thread one (measured with the tinyworld weights of the
+demo rework; the first weights gave 2.4e-5 and a tolerance of 1e-4).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ METHODS = ["finetune", "er", "dro_replay", "icarl", {"name": "moe_adapters", "dr
 NAMES = [m if isinstance(m, str) else m["name"] for m in METHODS]
 #: an uneven global batch (7 rows: 4 + 3; the last batch of an experience 3 rows: 2 + 1) and enough steps to move
 TRAIN = {"batch_size": 7, "epochs": 2, "optimizer": "sgd", "lr": 0.001}
-LOSS_RTOL = 1e-4
+LOSS_RTOL = 3e-4  # above the 1.1e-4 that the thread count alone moves the losses (module docstring)
 
 
 @pytest.fixture
