@@ -3,7 +3,7 @@
     python bench/demo_time.py [--runs 3]
     python bench/demo_time.py --runs 2 --against 09a7ae5
 
-The demo takes about 6 minutes on 2 CPU cores (110 cells); this prints each
+The demo takes about 4½ minutes on 2 CPU cores (110 cells); this prints each
 run, the median and the spread. ``--against REV`` also times the demo of
 another commit (its own clbench, methods, suite and shipped weights, from a
 ``git worktree``), alternating the two so that both see the same machine load,

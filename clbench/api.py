@@ -300,7 +300,7 @@ def leaderboard(results_dirs: PathLike | Iterable[PathLike], metrics: Sequence[s
     Returns a ``clbench.leaderboard.Leaderboard``: ``to_markdown()``, ``to_latex()``, ``to_csv()``,
     ``render(fmt)``; its ``cells`` and ``table`` are pandas DataFrames (one row per cell and
     metric; mean ± std per row and column). Raises ``UserError`` for a folder without records,
-    an unknown metric or reference, or when no record is done.
+    an unknown metric or reference, when no record is done, or when no record has a value for any of ``metrics``.
     """
     from .leaderboard import DEFAULT_METRICS, Leaderboard
     from .metrics import METRICS
@@ -316,6 +316,9 @@ def leaderboard(results_dirs: PathLike | Iterable[PathLike], metrics: Sequence[s
     board = Leaderboard.from_records(records, metrics, source=source, reference=reference)
     if not board.n_records:
         raise UserError(f"{source}: no finished records to tabulate")
+    if not board.columns():
+        raise UserError(f"metrics: no record in {source} has a value for {', '.join(metrics)} "
+                        f"(e.g. zs_retention needs a stream with holdout_classes); name other metrics, e.g. last")
     return board
 
 

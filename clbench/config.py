@@ -173,16 +173,23 @@ class StreamConfig(Section):
     prompts: Optional[StreamPrompts] = None  # templates / class names for CLIP; default: the dataset's
     train: Optional[dict] = None  # overrides of the suite's train settings for this stream
 
-    @field_validator("holdout_classes")
+    @field_validator("holdout_classes", mode="before")
     @classmethod
-    def _distinct_ids(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("an empty list keeps no control set; use 0, a count, or a list of class ids")
+    def _count_or_distinct_ids(cls, value: Any) -> Any:
+        """A count (int >= 0) or a non-empty list of distinct class ids (ints >= 0), sorted: the order means nothing."""
+        def is_id(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        if is_id(value):
+            return value
+        if isinstance(value, list) and value and all(is_id(v) for v in value):
             dup = next((c for c in value if value.count(c) > 1), None)
             if dup is not None:
                 raise ValueError(f"class {dup} is listed twice; list each control class once")
-        return value
+            return sorted(value)
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list keeps no control set; use 0, a count, or a list of class ids")
+        raise ValueError(f"must be a count of classes (an integer >= 0) or a list of class ids (integers >= 0), not {value!r}")
 
     @field_validator("class_order", mode="before")
     @classmethod

@@ -169,8 +169,10 @@ class Leaderboard:
 
     def to_latex(self) -> str:
         cols = self.columns()
-        streams = self.streams()
-        span = len(self.metrics)
+        # each stream spans its own columns: a left-out one (no value in any row) narrows it
+        spans = [(s, sum(1 for s2, _ in cols if s2 == s)) for s in self.streams()]
+        spans = [(s, n) for s, n in spans if n]
+        starts = [2 + sum(n for _, n in spans[:i]) for i in range(len(spans))]
         lines = [
             "\\documentclass{article}",
             "\\usepackage{booktabs}",
@@ -183,8 +185,8 @@ class Leaderboard:
             "\\centering",
             "\\begin{tabular}{l" + "r" * len(cols) + "}",
             "\\toprule",
-            " & " + " & ".join(f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(s)}}}" for s in streams) + " \\\\",
-            " ".join(f"\\cmidrule(lr){{{2 + i * span}-{1 + (i + 1) * span}}}" for i in range(len(streams))),
+            " & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{latex_escape(s)}}}" for s, n in spans) + " \\\\",
+            " ".join(f"\\cmidrule(lr){{{start}-{start + n - 1}}}" for start, (_, n) in zip(starts, spans)),
             "Method & " + " & ".join(f"{latex_escape(m)} {LATEX_ARROW[HIGHER_IS_BETTER[m]]}" for _, m in cols) + " \\\\",
             "\\midrule",
         ]

@@ -78,13 +78,15 @@ def plot_accuracy_curves(records, out_dir: Path, plt) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4.2 + 0.18 * ((len(by_variant) + 1) // 2)), layout="constrained")
         # the legend lists the variants best first (by the mean of their last point), so it reads as the ranking
         ranked = sorted(by_variant.items(), key=lambda item: (-float(np.mean([run[-1] for run in item[1]])), item[0]))
+        shorts = [_short(v) for v, _ in ranked]
+        labels = {v: (s if shorts.count(s) == 1 else v) for (v, _), s in zip(ranked, shorts)}  # cut only where it stays unique
         for i, (variant, runs) in enumerate(ranked):
             runs = np.array(runs) * 100
             steps = np.arange(1, runs.shape[1] + 1)
             mean, std = runs.mean(0), runs.std(0, ddof=1) if len(runs) > 1 else np.zeros(runs.shape[1])  # sample std, as the leaderboard
             # the untrained model, the line every training method is read against: black and dashed
             style = {"color": "black", "linestyle": "--", "marker": "x"} if variant in untrained else _style(i)
-            ax.plot(steps, mean, label=f"{_short(variant)} (n={len(runs)})", markersize=4, **style)
+            ax.plot(steps, mean, label=f"{labels[variant]} (n={len(runs)})", markersize=4, **style)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.1, color=style["color"])
         ax.set(xlabel="step", ylabel="accuracy on test data seen so far (%)", title=stream)
         from matplotlib.ticker import MaxNLocator

@@ -138,7 +138,7 @@ def run_cell(cell: Cell, plugins, on_experience=None, checkpoints: Path | None =
                           cell.config["model"].get("adapter"))
         stream = build_cell_stream(cell, plugins, clip.image_size)
         record.update(
-            class_order=stream.class_order, class_order_hash=stream.class_order_hash,
+            class_order=stream.class_order, class_order_hash=stream.class_order_hash, control_classes=stream.control_classes,
             experiences=[{"classes": e.classes, "domain": e.domain, "train_size": len(e.train), "test_size": len(e.test)} for e in stream.experiences],
         )
         learner = Learner(clip, stream, train, cell.seed)

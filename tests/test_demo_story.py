@@ -77,3 +77,6 @@ def test_zero_shot_keeps_its_lead_on_the_control_set(records):
     for r in records:
         if r["stream"] == "world-ci5":
             assert r["control_acc"]["before"] > 1.5 * zero_shot_last
+            assert r["control_classes"] == list(range(40, 70))  # suites/demo.yaml's list, the same for every seed
+        else:
+            assert r["control_classes"] == []

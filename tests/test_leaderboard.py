@@ -56,7 +56,7 @@ def test_golden_output(fmt, ext):
     assert text == path.read_text()
 
 
-def test_a_column_no_row_has_a_value_for_is_left_out_and_said_so():
+def test_a_column_no_row_has_a_value_for_is_left_out_and_said_so(tmp_path):
     records = fixed_records()
     for r in records:
         if r.get("stream") == "toy-ci2" and "metrics" in r:
@@ -68,6 +68,28 @@ def test_a_column_no_row_has_a_value_for_is_left_out_and_said_so():
     assert "toy_di zs_retention" not in text and "toy-ci2 zs_retention" in text
     assert "Left out for lack of any value: zs_retention on toy_di." in text
     assert "Left out" not in board().to_markdown()  # every column of the fixtures has a value
+    # LaTeX: each stream's header spans only its own columns (toy-ci2: 2, toy_di: 1)
+    tex = b.to_latex()
+    assert "\\multicolumn{2}{c}{toy-ci2} & \\multicolumn{1}{c}{toy\\_di}" in tex
+    assert "\\cmidrule(lr){2-3} \\cmidrule(lr){4-4}" in tex and "\\begin{tabular}{lrrr}" in tex
+    if shutil.which("pdflatex"):
+        (tmp_path / "t.tex").write_text(tex)
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_table_with_no_value_in_any_column_is_refused(tmp_path):
+    from clbench.api import leaderboard
+    from clbench.errors import UserError
+
+    (tmp_path / "records").mkdir()
+    for i, r in enumerate(fixed_records()):
+        if "metrics" in r:
+            (tmp_path / "records" / f"{i}.json").write_text(__import__("json").dumps(r))
+    with pytest.raises(UserError, match="metrics: no record in .* has a value for zs_retention"):
+        leaderboard(tmp_path, ["zs_retention"])
+    assert leaderboard(tmp_path, ["last", "zs_retention"]).columns() == [("toy-ci2", "last"), ("toy_di", "last")]
 
 
 def test_aggregate_numbers_by_hand():

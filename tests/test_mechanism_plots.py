@@ -210,3 +210,30 @@ def test_report_cell_has_its_drift_matrices_and_contrast_summary(page):
 def test_report_page_has_the_drift_panels(page):
     text, _ = page
     assert 'id="drift-learned"' in text and 'id="drift-initial"' in text and 'id="cell-contrast"' in text and "function showMechanism" in text
+
+
+def test_accuracy_figure_ranks_its_legend_dashes_zeroshot_and_keeps_cut_labels_unique(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    long_a = "zscl (reference.dataset=synthetic, reference.num_classes=70, we_freq=2)"
+    long_b = "zscl (reference.dataset=synthetic, reference.num_classes=70, we_freq=3)"
+    records = [rec("z", "zeroshot", "zeroshot"), rec("a", "zscl", long_a), rec("b", "zscl", long_b),
+               rec("c", "er", "er (buffer.fraction=0.05, a very long note that must be cut here)")]
+    records[0]["acc_matrix"] = [[0.5, 0.1], [0.4, 0.3]]  # last point (0.4·10 + 0.3·10)/20 = 0.35: ranked last
+    records[1]["acc_matrix"] = [[0.9, 0.1], [0.9, 0.9]]  # 0.9: first
+    seen = {}
+    real_close = plt.close
+    plt.close = lambda fig: seen.setdefault("ax", fig.axes[0]) and real_close(fig)
+    try:
+        plots.plot_accuracy_curves(records, tmp_path, plt)
+    finally:
+        plt.close = real_close
+    lines = seen["ax"].get_lines()
+    labels = [line.get_label() for line in lines]
+    assert labels[0] == f"{long_a} (n=1)" and labels[-1] == "zeroshot (n=1)"  # best first, full: cutting would merge a and b
+    assert f"{long_b} (n=1)" in labels
+    assert "er (buffer.fraction=0.05, a very long note that…  (n=1)".replace("  ", " ") in labels  # unique once cut: cut
+    assert lines[-1].get_linestyle() == "--" and lines[-1].get_color() == "black"

@@ -87,6 +87,8 @@ def test_circular_include(tmp_path, plugins):
         (lambda s: s["streams"][0].update(holdout_classes=6), "streams[0].holdout_classes: 6 leaves no class of the 6"),
         (lambda s: s["streams"][0].update(holdout_classes=[0, 6]), "streams[0].holdout_classes: class 6 is not one of the dataset's 6 classes (0..5)"),
         (lambda s: s["streams"][0].update(holdout_classes=[2, 2]), "streams[0].holdout_classes: Value error, class 2 is listed twice"),
+        (lambda s: s["streams"][0].update(holdout_classes=[True, 1]), "streams[0].holdout_classes: Value error, must be a count of classes (an integer >= 0) or a list of class ids (integers >= 0), not [True, 1]"),
+        (lambda s: s["streams"][0].update(holdout_classes=[-1]), "streams[0].holdout_classes: Value error, must be a count of classes (an integer >= 0) or a list of class ids (integers >= 0), not [-1]"),
         (lambda s: s["streams"][0].update(holdout_classes=[]), "streams[0].holdout_classes: Value error, an empty list keeps no control set"),
         (lambda s: s["streams"][0].update(holdout_classes=list(range(6))), "streams[0].holdout_classes: [0, 1, 2, 3, 4, 5] leaves no class of the 6"),
         (lambda s: s["methods"].append({"name": "er", "buffer": {"size": -3}}), "methods[1].buffer.size: Input should be greater than or equal to 0"),
@@ -201,3 +203,10 @@ def test_a_method_entry_limited_to_some_streams(tmp_path, plugins):
     assert "methods[1].streams: unknown stream 'tow' (did you mean 'two'?)" in error_of(tmp_path, suite, plugins)
     suite["methods"][1]["streams"] = ["two", "two"]
     assert "methods[1].streams: stream 'two' is listed twice; each stream once" in error_of(tmp_path, suite, plugins)
+
+
+def test_control_classes_are_a_set_their_order_changes_no_cell_id():
+    from clbench.config import StreamConfig
+
+    assert StreamConfig(dataset="synthetic", holdout_classes=[5, 0]).holdout_classes == [0, 5]
+    assert StreamConfig(dataset="synthetic", holdout_classes=3).holdout_classes == 3  # a count stays a count

@@ -18,7 +18,9 @@ def test_every_split_is_rebuilt_identically_from_its_seed():
         _rendered.cache_clear()  # render again, not from the process's cache
         b = render_split(split, range(10), DOMAINS, 3)
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-        assert a is not render_split(split, range(10), DOMAINS, 3)  # a cached render is still a new image set
+        c = render_split(split, range(10), DOMAINS, 3)
+        c.images[:] = 0  # a caller that changes its set in place changes no later one
+        assert torch.equal(render_split(split, range(10), DOMAINS, 3).images, a.images)
 
 
 def test_pretraining_split_is_disjoint_from_the_stream_splits():
@@ -43,7 +45,7 @@ def test_part_of_the_world_is_held_out_of_pretraining():
 def test_zero_shot_does_poorly_on_what_was_held_out_and_well_on_the_rest():
     """What the demo's story rests on, in the manifest and recomputed from the shipped weights."""
     by_group = MANIFEST["zero_shot_accuracy_clean_by_group"]
-    assert by_group["pretrained_40_49"] >= 0.9 and by_group["held_out_0_39"] <= 0.5
+    assert by_group["held_out_0_39"] <= 0.5 and by_group["pretrained_40_69"] >= 1.5 * by_group["held_out_0_39"]
     assert MANIFEST["zero_shot_accuracy_50_classes"]["inverted"] <= 0.05  # the held-out domain: chance is 0.02
     clip = build_clip("clbench-tiny-32", "tinyworld")
     test = render_split("test", range(40), ["clean"], 20)

@@ -38,8 +38,8 @@ _SPLIT_SALT = {"train": 1, "test": 2, "pretrain": 3}
 # can teach something zero-shot does poorly on: one whole domain ("inverted", a
 # colour negative: zero-shot names the complementary colour) and the 40
 # colour-shape compositions 0..39. Each colour and each shape alone was seen, in
-# the 30 compositions 40..69 (every colour three times, every shape at least
-# four), so zero-shot on the held-out ones is well above chance yet far below
+# the 30 compositions 40..69 (every colour three times, every shape three to
+# six times), so zero-shot on the held-out ones is well above chance yet far below
 # what training reaches, and 40..69 are a control set zero-shot knows.
 PRETRAIN_DOMAINS = ("clean", "noisy", "sketch")
 PRETRAIN_HELD_OUT_CLASSES = tuple(range(40))
@@ -177,18 +177,19 @@ class SyntheticOptions(BaseModel):
 def render_split(split: str, classes, domains, per_class: int, image_size: int = 32, world_seed: int = 0) -> InMemoryImageSet:
     """``per_class`` images of each class in each domain; splits never share a random stream.
 
-    A new image set each call, over pixels rendered once per process for the same arguments
-    (a grid's cells share them: the demo's 110 cells would otherwise render their world 110 times).
+    A new image set each call, copied from pixels rendered once per process for the same arguments
+    (a grid's cells share them: the demo's 110 cells would otherwise render their world 110 times;
+    the copy keeps a caller that changes its set in place from changing the next cell's).
     """
     images, labels, domain_ids = _rendered(split, tuple(int(c) for c in classes), tuple(domains), per_class, image_size,
                                            world_seed)
-    return InMemoryImageSet(images, labels, domain_ids)
+    return InMemoryImageSet(images.clone(), labels.clone(), domain_ids.clone())
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)  # the demo renders 14 different splits
 def _rendered(split: str, classes: tuple[int, ...], domains: tuple[str, ...], per_class: int, image_size: int,
               world_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pixels, labels and domain ids of ``render_split``; callers never modify these tensors in place."""
+    """The pixels, labels and domain ids of ``render_split`` (which hands out copies)."""
     images, labels, domain_ids = [], [], []
     class_ids = torch.as_tensor(classes, dtype=torch.long)
     for d, domain in enumerate(domains):
