@@ -135,7 +135,7 @@ def save_checkpoint(clip, out_dir: Path, settings: dict, seconds: float, log=pri
         test = evaluation_set(domain)
         accuracy[domain] = round(zero_shot_accuracy(reloaded, test.images, test.labels, list(range(50))), 4)
     # the demo's world-ci5 in the clean domain: its taught classes (held out here) and its control set (pretrained)
-    groups = {"held_out_0_39": list(range(40)), "pretrained_40_69": list(range(40, MAX_CLASSES))}
+    groups = {"held_out": list(PRETRAIN_HELD_OUT_CLASSES), "pretrained": pretrain_classes()}
     split = {}
     for group, classes in groups.items():
         test = render_split("test", classes, ["clean"], 20)

@@ -206,7 +206,8 @@ def build_stream(
             raise UserError(f"{where}.holdout_classes: class {outside} is not one of the dataset's {len(order)} classes; "
                             f"list class ids below {len(order)}")
         control_classes = list(holdout_classes)
-        order = [c for c in order if c not in set(control_classes)]
+        control = set(control_classes)
+        order = [c for c in order if c not in control]
         if not order:
             raise UserError(f"{where}.holdout_classes: {len(control_classes)} classes leave no class for the stream")
     else:
